@@ -1,0 +1,2 @@
+export * from './abi.js';
+export * from './sys.js';

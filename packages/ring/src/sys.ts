@@ -1,0 +1,186 @@
+/**
+ * The few libc calls the ring needs, through koffi. Kept in one module so
+ * every thread binds the same signatures; each worker thread loads its own
+ * copy (koffi function objects are per isolate).
+ */
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+
+const PROT_READ = 0x1;
+const PROT_WRITE = 0x2;
+const MAP_SHARED = 0x01;
+const MFD_CLOEXEC = 0x1;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
+export const POLLIN = 0x001;
+export const POLLERR = 0x008;
+export const POLLHUP = 0x010;
+export const EAGAIN = 11;
+export const EINTR = 4;
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_CLOEXEC = 0o2000000;
+const MAP_FAILED = 0xffffffffffffffffn;
+
+const c = {
+  memfd_create: libc.func('int memfd_create(const char *name, unsigned int flags)'),
+  ftruncate: libc.func('int ftruncate(int fd, int64_t length)'),
+  mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
+  munmap: libc.func('int munmap(void *addr, size_t length)'),
+  read: libc.func('long read(int fd, _Out_ uint8_t *buf, size_t count)'),
+  write: libc.func('long write(int fd, const uint8_t *buf, size_t count)'),
+  close: libc.func('int close(int fd)'),
+  fcntl: libc.func('int fcntl(int fd, int cmd, int arg)'),
+  socketpair: libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
+  poll: libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
+  open: libc.func('int open(const char *path, int flags, int mode)'),
+};
+
+/** An OS error from a libc call, with the errno that explains it. */
+export class SysError extends Error {
+  constructor(readonly call: string, readonly errno: number) {
+    super(`${call} failed: errno ${errno}${errnoName(errno) ? ` (${errnoName(errno)})` : ''}`);
+    this.name = 'SysError';
+  }
+}
+
+const ERRNO_NAMES: Record<number, string> = {
+  1: 'EPERM', 2: 'ENOENT', 4: 'EINTR', 5: 'EIO', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM',
+  13: 'EACCES', 14: 'EFAULT', 16: 'EBUSY', 17: 'EEXIST', 19: 'ENODEV', 22: 'EINVAL',
+  24: 'EMFILE', 28: 'ENOSPC', 30: 'EROFS', 95: 'EOPNOTSUPP', 110: 'ETIMEDOUT',
+};
+export function errnoName(errno: number): string | undefined {
+  return ERRNO_NAMES[errno];
+}
+
+function check(call: string, rc: number | bigint): number {
+  const n = Number(rc);
+  if (n < 0) throw new SysError(call, koffi.errno());
+  return n;
+}
+
+/** Anonymous shared memory, the stand-in for the pages the kernel gives a UIO map. */
+export function memfdCreate(name: string, size: number): number {
+  const fd = check('memfd_create', c.memfd_create(name, MFD_CLOEXEC));
+  try {
+    check('ftruncate', c.ftruncate(fd, BigInt(size)));
+  } catch (e) {
+    c.close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** A MAP_SHARED mapping exposed as an ArrayBuffer over the same pages (no copy). */
+export interface SharedMap {
+  readonly buffer: ArrayBuffer;
+  readonly size: number;
+  unmap(): void;
+}
+
+export function mapShared(fd: number, size: number): SharedMap {
+  const addr = c.mmap(null, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n);
+  const address = typeof addr === 'bigint' ? addr : BigInt(koffi.address(addr));
+  if (address === MAP_FAILED || address === 0n) throw new SysError('mmap', koffi.errno());
+  const buffer = koffi.view(addr, size) as ArrayBuffer;
+  let mapped = true;
+  return {
+    buffer,
+    size,
+    unmap() {
+      if (!mapped) return;
+      mapped = false;
+      c.munmap(addr, size);
+    },
+  };
+}
+
+/**
+ * A connected pair of datagram sockets. One end behaves like a UIO fd from
+ * the consumer's side: write 4 bytes to kick the peer, poll for POLLIN and
+ * read 4 bytes to take an event.
+ */
+export function socketPair(): [number, number] {
+  const sv = [0, 0];
+  check('socketpair', c.socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv));
+  return [sv[0], sv[1]];
+}
+
+export function setNonBlocking(fd: number): void {
+  const flags = check('fcntl(F_GETFL)', c.fcntl(fd, F_GETFL, 0));
+  check('fcntl(F_SETFL)', c.fcntl(fd, F_SETFL, flags | O_NONBLOCK));
+}
+
+export function openFile(path: string, flags: number): number {
+  return check(`open(${path})`, c.open(path, flags, 0));
+}
+export const O_RDWR = 0o2;
+export const O_CLOEXEC = 0o2000000;
+
+export function closeFd(fd: number): void {
+  c.close(fd);
+}
+
+const u32Event = new Uint8Array(4);
+/** Write one 4-byte event (a UIO kick / irq count). Returns false when the peer is gone or full. */
+export function writeEvent(fd: number, value = 1): boolean {
+  new DataView(u32Event.buffer).setUint32(0, value, true);
+  const n = Number(c.write(fd, u32Event, 4));
+  if (n === 4) return true;
+  const err = koffi.errno();
+  if (err === EAGAIN) return false;
+  throw new SysError('write', err);
+}
+
+/** Read one 4-byte event; null when none is pending on a non-blocking fd. */
+export function readEvent(fd: number): number | null {
+  const buf = new Uint8Array(8);
+  const n = Number(c.read(fd, buf, 8));
+  if (n >= 4) return new DataView(buf.buffer).getUint32(0, true);
+  if (n < 0) {
+    const err = koffi.errno();
+    if (err === EAGAIN || err === EINTR) return null;
+    throw new SysError('read', err);
+  }
+  return null;
+}
+
+function pollfd(fd: number): Uint8Array {
+  const p = new Uint8Array(8);
+  const dv = new DataView(p.buffer);
+  dv.setInt32(0, fd, true);
+  dv.setInt16(4, POLLIN, true);
+  return p;
+}
+function revents(p: Uint8Array): number {
+  return new DataView(p.buffer).getInt16(6, true);
+}
+
+/** Blocking poll for POLLIN; returns revents (0 on timeout). Only for threads that may block. */
+export function pollInSync(fd: number, timeoutMs: number): number {
+  const p = pollfd(fd);
+  const rc = Number(c.poll(p, 1, timeoutMs));
+  if (rc < 0) {
+    const err = koffi.errno();
+    if (err === EINTR) return 0;
+    throw new SysError('poll', err);
+  }
+  return rc === 0 ? 0 : revents(p);
+}
+
+/**
+ * poll() for POLLIN on a libuv pool thread, so the calling thread's event loop
+ * keeps running. Resolves to revents (0 on timeout).
+ */
+export function pollIn(fd: number, timeoutMs: number): Promise<number> {
+  const p = pollfd(fd);
+  return new Promise((resolve, reject) => {
+    c.poll.async(p, 1, timeoutMs, (err: unknown, rc: number) => {
+      if (err) return reject(err);
+      if (rc < 0) return resolve(0);
+      resolve(rc === 0 ? 0 : revents(p));
+    });
+  });
+}
