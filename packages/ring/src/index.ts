@@ -1,2 +1,3 @@
 export * from './abi.js';
 export * from './sys.js';
+export * from './consumer.js';

@@ -1,0 +1,305 @@
+/**
+ * The userspace side of the command ring: reads what the kernel produced
+ * between our tail and the kernel's head, and writes completions back at the
+ * mailbox tail by the out-of-order completion rule.
+ *
+ * Everything the kernel (or something pretending to be it) wrote is treated
+ * as untrusted: every length, offset and count is checked against the ring
+ * and the map before it is used, so a malformed entry becomes a typed
+ * `malformed` record for that entry instead of an exception or a read outside
+ * the map.
+ */
+import {
+  CmdReq, CmdRsp, CMD_ENTRY_SIZE, EntryHdr, EntryOp, Mailbox, MailboxFlag, TCMU_MAILBOX_VERSION,
+  TCMU_SENSE_BUFFERSIZE, TmrEntry, UFlag, entryLen, entryOp, ringUsed,
+} from './abi.js';
+
+/** A span of the map (offset from its start) holding data of one command. */
+export interface IoVec {
+  offset: number;
+  length: number;
+}
+
+export interface RingCommand {
+  kind: 'cmd';
+  cmdId: number;
+  /** A copy: the entry holding the CDB is reused for completions. */
+  cdb: Uint8Array;
+  /** Data-out (or data-in for a non-bidi command) buffers. */
+  iovs: IoVec[];
+  /** Data-in buffers of a bidirectional command. */
+  bidiIovs: IoVec[];
+  /** Sum of iovs lengths. */
+  dataLength: number;
+}
+
+export interface RingTmr {
+  kind: 'tmr';
+  tmrType: number;
+  cmdIds: number[];
+}
+
+/** Why one entry could not be used. The entry is skipped; if it has an id it is completed with an error. */
+export type MalformedReason =
+  | 'bad-length'
+  | 'bad-opcode'
+  | 'cdb-out-of-bounds'
+  | 'iov-count'
+  | 'iov-out-of-bounds'
+  | 'tmr-count';
+
+export interface RingMalformed {
+  kind: 'malformed';
+  /** Non-zero when the entry is a CMD whose id can still be answered. */
+  cmdId: number;
+  reason: MalformedReason;
+  detail: string;
+  /** Ring offset of the entry. */
+  at: number;
+}
+
+export type RingEntry = RingCommand | RingTmr | RingMalformed;
+
+/** The mailbox or ring cannot be trusted any further (e.g. an entry length that cannot be stepped over). */
+export class RingBrokenError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RingBrokenError';
+  }
+}
+
+export interface CompletionOptions {
+  sense?: Uint8Array;
+  /** Bytes of data-in produced; sent only when the kernel advertises CAP_READ_LEN. */
+  readLen?: number;
+  /** Ask the kernel to keep the data buffer (CAP_KEEP_BUF) until free_kept_buf. */
+  keepBuf?: boolean;
+  unknownOp?: boolean;
+}
+
+const MAX_CDB = 260; // variable-length CDBs top out here (SPC: 0x7F, additional length byte)
+
+export class RingConsumer {
+  readonly version: number;
+  readonly flags: number;
+  readonly cmdrOff: number;
+  readonly cmdrSize: number;
+  private readonly mapSize: number;
+  private readonly u8: Uint8Array;
+  private readonly dv: DataView;
+  private readonly u32: Uint32Array;
+  /** Where we read next (our private tail); everything before it has been parsed. */
+  private readPos: number;
+  /** Commands read but not yet completed: the tail may only pass this many CMD entries. */
+  private unanswered = 0;
+
+  constructor(map: ArrayBuffer) {
+    this.mapSize = map.byteLength;
+    if (this.mapSize < Mailbox.SIZE) throw new RingBrokenError(`map of ${this.mapSize} bytes has no room for a mailbox`);
+    this.u8 = new Uint8Array(map);
+    this.dv = new DataView(map);
+    this.u32 = new Uint32Array(map, 0, Mailbox.SIZE / 4);
+    this.version = this.dv.getUint16(Mailbox.VERSION, true);
+    this.flags = this.dv.getUint16(Mailbox.FLAGS, true);
+    this.cmdrOff = this.dv.getUint32(Mailbox.CMDR_OFF, true);
+    this.cmdrSize = this.dv.getUint32(Mailbox.CMDR_SIZE, true);
+    if (this.version !== TCMU_MAILBOX_VERSION) throw new RingBrokenError(`mailbox version ${this.version}, expected ${TCMU_MAILBOX_VERSION}`);
+    if (this.cmdrOff < Mailbox.SIZE || this.cmdrSize < CMD_ENTRY_SIZE * 2 || this.cmdrOff + this.cmdrSize > this.mapSize || this.cmdrOff % 8 !== 0 || this.cmdrSize % 8 !== 0) {
+      throw new RingBrokenError(`ring [${this.cmdrOff}, +${this.cmdrSize}) does not fit a map of ${this.mapSize} bytes`);
+    }
+    const tail = this.tail();
+    if (tail >= this.cmdrSize || tail % 8 !== 0) throw new RingBrokenError(`cmd_tail ${tail} outside the ring`);
+    this.readPos = tail;
+  }
+
+  get outOfOrder(): boolean {
+    return (this.flags & MailboxFlag.CAP_OOOC) !== 0;
+  }
+
+  head(): number {
+    return Atomics.load(this.u32, Mailbox.CMD_HEAD / 4);
+  }
+  tail(): number {
+    return Atomics.load(this.u32, Mailbox.CMD_TAIL / 4);
+  }
+
+  /** True when the kernel has produced entries we have not read. */
+  hasWork(): boolean {
+    return this.head() !== this.readPos;
+  }
+
+  /** Commands read and not yet completed. */
+  get inFlight(): number {
+    return this.unanswered;
+  }
+
+  /** Ring bytes between the mailbox tail and head. */
+  ringBytesUsed(): number {
+    return ringUsed(this.head(), this.tail(), this.cmdrSize);
+  }
+
+  /**
+   * The next entry the kernel produced, or null when we have caught up with
+   * cmd_head. PAD entries are stepped over silently.
+   */
+  next(): RingEntry | null {
+    const head = this.head();
+    if (head >= this.cmdrSize || head % 8 !== 0) throw new RingBrokenError(`cmd_head ${head} outside the ring`);
+    while (this.readPos !== head) {
+      const at = this.readPos;
+      const base = this.cmdrOff + at;
+      const lo = this.dv.getUint32(base + EntryHdr.LEN_OP, true);
+      const len = entryLen(lo);
+      const op = entryOp(lo);
+      const avail = ringUsed(head, at, this.cmdrSize);
+      // An entry never wraps and never passes head; a zero length would never advance.
+      if (len === 0 || len > avail || at + len > this.cmdrSize) {
+        throw new RingBrokenError(`entry at ring offset ${at} has length ${len} (${avail} bytes up to head, ${this.cmdrSize - at} to the end)`);
+      }
+      this.readPos = (at + len) % this.cmdrSize;
+      if (op === EntryOp.PAD) continue;
+      if (op === EntryOp.TMR) return this.parseTmr(base, len, at);
+      if (op !== EntryOp.CMD) {
+        return { kind: 'malformed', cmdId: 0, reason: 'bad-opcode', detail: `opcode ${op}`, at };
+      }
+      const cmdId = this.dv.getUint16(base + EntryHdr.CMD_ID, true);
+      this.unanswered++; // even malformed commands need their completion to move the tail
+      return this.parseCmd(base, len, at, cmdId);
+    }
+    return null;
+  }
+
+  private parseTmr(base: number, len: number, at: number): RingEntry {
+    if (len < TmrEntry.SIZE) return { kind: 'malformed', cmdId: 0, reason: 'bad-length', detail: `TMR entry of ${len} bytes`, at };
+    const count = this.dv.getUint32(base + TmrEntry.CMD_CNT, true);
+    if (TmrEntry.SIZE + 2 * count > len) {
+      return { kind: 'malformed', cmdId: 0, reason: 'tmr-count', detail: `${count} ids do not fit a ${len}-byte TMR entry`, at };
+    }
+    const cmdIds = new Array<number>(count);
+    for (let i = 0; i < count; i++) cmdIds[i] = this.dv.getUint16(base + TmrEntry.CMD_IDS + 2 * i, true);
+    return { kind: 'tmr', tmrType: this.u8[base + TmrEntry.TMR_TYPE], cmdIds };
+  }
+
+  private parseCmd(base: number, len: number, at: number, cmdId: number): RingEntry {
+    const bad = (reason: MalformedReason, detail: string): RingMalformed => ({ kind: 'malformed', cmdId, reason, detail, at });
+    if (len < CMD_ENTRY_SIZE) return bad('bad-length', `CMD entry of ${len} bytes`);
+    const iovCnt = this.dv.getUint32(base + CmdReq.IOV_CNT, true);
+    const bidiCnt = this.dv.getUint32(base + CmdReq.IOV_BIDI_CNT, true);
+    const difCnt = this.dv.getUint32(base + CmdReq.IOV_DIF_CNT, true);
+    const total = iovCnt + bidiCnt + difCnt;
+    if (CmdReq.IOV + CmdReq.IOVEC_SIZE * total > len) return bad('iov-count', `${iovCnt}+${bidiCnt}+${difCnt} iovecs do not fit a ${len}-byte entry`);
+
+    const cdbOff = this.dv.getBigUint64(base + CmdReq.CDB_OFF, true);
+    // The CDB lives in the ring, after this entry's iovecs: anything else is not a kernel-made entry.
+    const ringStart = BigInt(this.cmdrOff);
+    const ringEnd = BigInt(this.cmdrOff + this.cmdrSize);
+    if (cdbOff < ringStart || cdbOff >= ringEnd) return bad('cdb-out-of-bounds', `cdb_off ${cdbOff} outside the ring`);
+    const cdbStart = Number(cdbOff);
+    const entryEnd = base + len;
+    if (cdbStart < base + CmdReq.IOV + CmdReq.IOVEC_SIZE * total || cdbStart >= entryEnd) {
+      return bad('cdb-out-of-bounds', `cdb_off ${cdbStart} not inside its entry [${base}, ${entryEnd})`);
+    }
+    const cdbLen = cdbLengthFromOpcode(this.u8, cdbStart, entryEnd);
+    if (cdbLen === 0 || cdbStart + cdbLen > entryEnd) return bad('cdb-out-of-bounds', `CDB of opcode 0x${this.u8[cdbStart].toString(16)} overruns its entry`);
+    const cdb = this.u8.slice(cdbStart, cdbStart + cdbLen);
+
+    const iovs: IoVec[] = [];
+    const bidiIovs: IoVec[] = [];
+    let dataLength = 0;
+    for (let i = 0; i < iovCnt + bidiCnt; i++) {
+      const p = base + CmdReq.IOV + CmdReq.IOVEC_SIZE * i;
+      const off = this.dv.getBigUint64(p, true);
+      const l = this.dv.getBigUint64(p + 8, true);
+      if (off + l > BigInt(this.mapSize) || off < BigInt(this.cmdrOff + this.cmdrSize)) {
+        return bad('iov-out-of-bounds', `iovec ${i} [${off}, +${l}) outside the data area [${this.cmdrOff + this.cmdrSize}, ${this.mapSize})`);
+      }
+      const v = { offset: Number(off), length: Number(l) };
+      if (i < iovCnt) {
+        iovs.push(v);
+        dataLength += v.length;
+      } else bidiIovs.push(v);
+    }
+    return { kind: 'cmd', cmdId, cdb, iovs, bidiIovs, dataLength };
+  }
+
+  /**
+   * Answer command `cmdId`: the response goes into the entry now at the
+   * mailbox tail (PAD and TMR entries there are stepped over), that entry takes
+   * the id, and the tail moves past it. The caller kicks the kernel afterwards,
+   * once per batch.
+   */
+  complete(cmdId: number, status: number, opts?: CompletionOptions): void {
+    if (this.unanswered === 0) throw new Error(`completion of cmd ${cmdId} with no command outstanding`);
+    let tail = this.tail();
+    for (;;) {
+      const base = this.cmdrOff + tail;
+      const lo = this.dv.getUint32(base + EntryHdr.LEN_OP, true);
+      const len = entryLen(lo);
+      if (len === 0 || tail + len > this.cmdrSize) throw new RingBrokenError(`entry at tail ${tail} has length ${len}`);
+      if (entryOp(lo) === EntryOp.CMD) {
+        this.writeResponse(base, cmdId, status, opts);
+        tail = (tail + len) % this.cmdrSize;
+        break;
+      }
+      tail = (tail + len) % this.cmdrSize;
+      if (tail === this.readPos) throw new RingBrokenError('no unanswered command entry between tail and the read position');
+    }
+    this.unanswered--;
+    // Skip PAD/TMR entries that follow once nothing is left to answer, so the kernel can reclaim them.
+    if (this.unanswered === 0) tail = this.readPos;
+    Atomics.store(this.u32, Mailbox.CMD_TAIL / 4, tail);
+  }
+
+  private writeResponse(base: number, cmdId: number, status: number, opts?: CompletionOptions): void {
+    const u8 = this.u8;
+    this.dv.setUint16(base + EntryHdr.CMD_ID, cmdId, true);
+    let uflags = 0;
+    if (opts?.unknownOp) uflags |= UFlag.UNKNOWN_OP;
+    u8[base + CmdRsp.SCSI_STATUS] = status;
+    if (opts?.readLen !== undefined && (this.flags & MailboxFlag.CAP_READ_LEN)) {
+      uflags |= UFlag.READ_LEN;
+      this.dv.setUint32(base + CmdRsp.READ_LEN, opts.readLen, true);
+    }
+    if (opts?.keepBuf && (this.flags & MailboxFlag.CAP_KEEP_BUF)) uflags |= UFlag.KEEP_BUF;
+    u8[base + EntryHdr.UFLAGS] = uflags;
+    const sense = opts?.sense;
+    if (sense && sense.length) {
+      const n = Math.min(sense.length, TCMU_SENSE_BUFFERSIZE);
+      u8.set(n === sense.length ? sense : sense.subarray(0, n), base + CmdRsp.SENSE);
+      if (n < TCMU_SENSE_BUFFERSIZE) u8.fill(0, base + CmdRsp.SENSE + n, base + CmdRsp.SENSE + TCMU_SENSE_BUFFERSIZE);
+    } else if (status !== 0) {
+      u8.fill(0, base + CmdRsp.SENSE, base + CmdRsp.SENSE + TCMU_SENSE_BUFFERSIZE);
+    }
+  }
+
+  /** Tell the kernel the opcode is unknown (it answers the initiator itself). */
+  unknownOp(cmdId: number): void {
+    this.complete(cmdId, 0, { unknownOp: true });
+  }
+
+  /** Forget everything read: used after the kernel's ring reset, which sets head = tail = 0. */
+  resync(): void {
+    this.readPos = this.tail();
+    this.unanswered = 0;
+  }
+
+  /** A view on the map (no copy) for one iovec. */
+  view(iov: IoVec): Uint8Array {
+    return new Uint8Array(this.u8.buffer, iov.offset, iov.length);
+  }
+}
+
+/**
+ * CDB length as the kernel sizes it (scsi_command_size: a table by group code,
+ * variable-length 0x7F CDBs carrying their own length). 0 when unknowable.
+ */
+const CDB_SIZE_BY_GROUP = [6, 10, 10, 12, 16, 12, 10, 10];
+function cdbLengthFromOpcode(u8: Uint8Array, at: number, limit: number): number {
+  const op = u8[at];
+  if (op === 0x7f) {
+    if (at + 8 > limit) return 0;
+    const n = 8 + u8[at + 7];
+    return n <= MAX_CDB ? n : 0;
+  }
+  return CDB_SIZE_BY_GROUP[op >> 5];
+}
