@@ -369,20 +369,26 @@ export function sliceBuffers(buffers: readonly Uint8Array[], at: number, length 
   return out;
 }
 
-/** True when every byte of the list is zero (e.g. to skip writing all-zero blocks). */
+/** True when every byte of the list is zero (e.g. to skip storing all-zero blocks). */
 export function isZero(buffers: readonly Uint8Array[]): boolean {
-  for (let i = 0; i < buffers.length; i++) {
-    const b = buffers[i];
-    // Compare eight bytes at a time where alignment allows; ring buffers are page aligned.
-    let j = 0;
-    if ((b.byteOffset & 7) === 0) {
-      const words = b.byteLength >>> 3;
-      const w = new BigUint64Array(b.buffer, b.byteOffset, words);
-      for (let k = 0; k < words; k++) if (w[k] !== 0n) return false;
-      j = words << 3;
-    }
-    for (; j < b.byteLength; j++) if (b[j] !== 0) return false;
+  for (let i = 0; i < buffers.length; i++) if (!isZeroRange(buffers[i], 0, buffers[i].byteLength)) return false;
+  return true;
+}
+
+/** True when b[start, end) is all zeros. */
+export function isZeroRange(b: Uint8Array, start: number, end: number): boolean {
+  let j = start;
+  // Four bytes per step where alignment allows: ring buffers and chunk
+  // stores are page aligned, so this is the usual case. Int32 reads stay
+  // small integers in optimized code, unlike BigUint64 reads.
+  const abs = b.byteOffset + j;
+  if ((abs & 3) === 0 && end - j >= 64) {
+    const words = (end - j) >>> 2;
+    const w = new Int32Array(b.buffer, abs, words);
+    for (let k = 0; k < words; k++) if (w[k] !== 0) return false;
+    j += words << 2;
   }
+  for (; j < end; j++) if (b[j] !== 0) return false;
   return true;
 }
 

@@ -1,1 +1,3 @@
 export {};
+export * from './ram.js';
+export * from './file.js';

@@ -1,0 +1,340 @@
+/**
+ * File backstore: a regular file (sparse image) or a block device.
+ *
+ * Data moves between the file and the ring's data area with positional
+ * readv/writev on the views the engine hands us, so no byte is copied in
+ * JavaScript. Errors keep their errno `code`; the engine turns EIO into a
+ * medium error and ENOSPC into a space-allocation failure.
+ */
+import * as fs from 'node:fs';
+import { open as openAsync, type FileHandle } from 'node:fs/promises';
+import * as path from 'node:path';
+import {
+  configError,
+  configOk,
+  defineHandler,
+  errnoError,
+  isZeroRange,
+  parseOptions,
+  sliceBuffers,
+  writeSameViaWrite,
+  zeroBuffers,
+  type BlockIo,
+  type ConfigCheck,
+  type DeviceHandler,
+  type Handler,
+  type HandlerDevice,
+  type LbaRange,
+  type ReconfigChange,
+} from '@tcmu-ts/core';
+import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './fallocate.js';
+
+export interface FileConfig {
+  path: string;
+  /** Open with O_DIRECT: bypass the page cache. */
+  direct: boolean;
+}
+
+const FILE_OPTIONS = new Set(['direct']);
+
+/** Parse "<path>[;direct]" (the part after "file/"). */
+export function parseFileConfig(cfg: string): FileConfig | string {
+  const { main, options } = parseOptions(cfg);
+  for (const key of options.keys()) {
+    if (!FILE_OPTIONS.has(key)) return `unknown option "${key}" (file accepts: ${[...FILE_OPTIONS].join(', ')})`;
+  }
+  if (main.trim() === '') return 'no path given: expected file/<path>[;direct]';
+  return { path: path.resolve(main), direct: options.has('direct') };
+}
+
+function describe(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  return err.code ? `${err.code}: ${err.message.replace(/^\w+: /, '')}` : String(e);
+}
+
+/**
+ * What would stop open() from working, found without creating anything.
+ * Only an open O_RDWR tells the truth about writability: as root access(W_OK)
+ * says yes to read-only sysfs files and the like.
+ */
+function checkFileConfig(cfg: FileConfig): string | undefined {
+  const p = cfg.path;
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOTDIR') return `a component of "${p}" is not a directory`;
+    if (code !== 'ENOENT') return `cannot stat "${p}": ${describe(e)}`;
+    const dir = path.dirname(p);
+    let dst: fs.Stats;
+    try {
+      dst = fs.statSync(dir);
+    } catch (e2) {
+      const c2 = (e2 as NodeJS.ErrnoException).code;
+      if (c2 === 'ENOENT') return `directory "${dir}" does not exist`;
+      return `cannot use directory "${dir}": ${describe(e2)}`;
+    }
+    if (!dst.isDirectory()) return `"${dir}" is not a directory`;
+    try {
+      fs.accessSync(dir, fs.constants.W_OK);
+    } catch (e2) {
+      return `cannot create "${p}": directory "${dir}" is not writable (${describe(e2)})`;
+    }
+    return undefined;
+  }
+  if (st.isDirectory()) return `"${p}" is a directory, not a file`;
+  if (!st.isFile() && !st.isBlockDevice()) return `"${p}" is neither a regular file nor a block device`;
+  let fd = -1;
+  try {
+    fd = fs.openSync(p, fs.constants.O_RDWR | (cfg.direct ? fs.constants.O_DIRECT : 0));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM' || code === 'ETXTBSY') {
+      return `"${p}" is not writable (${describe(e)})`;
+    }
+    if (code === 'EINVAL' && cfg.direct) return `"${p}" is on a filesystem without O_DIRECT support`;
+    return `cannot open "${p}": ${describe(e)}`;
+  } finally {
+    if (fd >= 0) fs.closeSync(fd);
+  }
+  return undefined;
+}
+
+/** Quota exhaustion is a space problem to the initiator, same as a full disk. */
+function translate(e: unknown): unknown {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  if (code === 'EDQUOT') return errnoError('ENOSPC', (e as Error).message);
+  return e;
+}
+
+const ZERO_BYTES = 1 << 20;
+let zeroBuf: Uint8Array | undefined;
+
+export class FileDevice implements DeviceHandler {
+  private writeCache: boolean;
+  /** Once fallocate said EOPNOTSUPP there is no point asking again. */
+  private canPunch = true;
+  private canZeroRange = true;
+  /**
+   * A page-cache fd next to an O_DIRECT one, for IO whose buffers break the
+   * alignment rules (zero-fill fallback, odd test buffers). Direct IO
+   * flushes and invalidates the page cache over its range, so mixing the two
+   * stays coherent.
+   */
+  private buffered: Promise<FileHandle> | undefined;
+
+  constructor(
+    private readonly dev: HandlerDevice,
+    readonly fh: FileHandle,
+    readonly config: FileConfig,
+  ) {
+    this.writeCache = dev.writeCache;
+  }
+
+  get fd(): number {
+    return this.fh.fd;
+  }
+
+  async read(io: BlockIo): Promise<void> {
+    try {
+      await this.readAt(this.fh, io.buffers, io.offset, io.length);
+    } catch (e) {
+      if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw translate(e);
+      await this.readAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
+    }
+  }
+
+  async write(io: BlockIo): Promise<void> {
+    try {
+      try {
+        await this.writeAt(this.fh, io.buffers, io.offset, io.length);
+      } catch (e) {
+        if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+        await this.writeAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
+      }
+      // Without a write cache (or with FUA) completion promises stable media.
+      if (io.fua || !this.writeCache) await this.fh.datasync();
+    } catch (e) {
+      throw translate(e);
+    }
+  }
+
+  async flush(): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (e) {
+      throw translate(e);
+    }
+  }
+
+  async unmap(ranges: readonly LbaRange[]): Promise<void> {
+    const bs = this.dev.blockSize;
+    try {
+      for (const r of ranges) {
+        const off = r.lba * bs;
+        const len = r.blocks * bs;
+        if (len === 0) continue;
+        if (this.canPunch) {
+          const err = await fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+          if (err === 0) continue;
+          if (!isUnsupported(err)) throw err;
+          this.canPunch = false;
+          this.dev.log.info(`file: ${this.config.path} cannot punch holes (${err.code}); unmap writes zeros instead`);
+        }
+        await this.writeZeros(off, len);
+      }
+    } catch (e) {
+      throw translate(e);
+    }
+  }
+
+  async writeSame(io: BlockIo, pattern: Uint8Array): Promise<void> {
+    if (isZeroRange(pattern, 0, pattern.byteLength)) {
+      try {
+        // ZERO_RANGE keeps the blocks allocated (WRITE SAME without UNMAP
+        // asks for provisioned blocks) but skips writing them.
+        if (this.canZeroRange) {
+          const err = await fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, io.offset, io.length);
+          if (err === 0) {
+            if (io.fua || !this.writeCache) await this.fh.datasync();
+            return;
+          }
+          if (!isUnsupported(err)) throw err;
+          this.canZeroRange = false;
+        }
+        await this.writeZeros(io.offset, io.length);
+        if (io.fua || !this.writeCache) await this.fh.datasync();
+        return;
+      } catch (e) {
+        throw translate(e);
+      }
+    }
+    await writeSameViaWrite(this, io, pattern);
+  }
+
+  async reconfig(change: ReconfigChange): Promise<void> {
+    switch (change.kind) {
+      case 'size': {
+        const st = await this.fh.stat();
+        // Only ever grow the file: shrinking the device must not destroy
+        // data an administrator may still want after undoing the resize.
+        if (st.isFile() && st.size < change.devSize) await this.fh.truncate(change.devSize);
+        this.dev.numLbas = change.numLbas;
+        return;
+      }
+      case 'writecache':
+        if (this.writeCache && !change.enabled) await this.fh.datasync();
+        this.writeCache = change.enabled;
+        return;
+      case 'config':
+        throw errnoError('EOPNOTSUPP', 'file: the backing path cannot change while the device is open');
+    }
+  }
+
+  async close(): Promise<void> {
+    const b = this.buffered;
+    this.buffered = undefined;
+    if (b) await (await b).close().catch(() => {});
+    await this.fh.close();
+  }
+
+  private bufferedHandle(): Promise<FileHandle> {
+    this.buffered ??= openAsync(this.config.path, fs.constants.O_RDWR);
+    return this.buffered;
+  }
+
+  private async writeZeros(off: number, len: number): Promise<void> {
+    zeroBuf ??= new Uint8Array(ZERO_BYTES);
+    const fh = this.config.direct ? await this.bufferedHandle() : this.fh;
+    for (let done = 0; done < len;) {
+      const n = Math.min(ZERO_BYTES, len - done);
+      const { bytesWritten } = await fh.write(zeroBuf, 0, n, off + done);
+      done += bytesWritten;
+    }
+  }
+
+  /** Fill the buffers from `pos`; past the end of the file reads as zeros. */
+  private async readAt(fh: FileHandle, buffers: readonly Uint8Array[], pos: number, length: number): Promise<void> {
+    let done = 0;
+    let bufs = buffers;
+    for (;;) {
+      const n =
+        bufs.length === 1
+          ? (await fh.read(bufs[0], 0, bufs[0].byteLength, pos + done)).bytesRead
+          : (await fh.readv(bufs, pos + done)).bytesRead;
+      done += n;
+      if (done >= length) return;
+      if (n === 0) {
+        // Someone truncated the image under us; the device still has its size.
+        zeroBuffers(buffers, done);
+        return;
+      }
+      bufs = sliceBuffers(buffers, done);
+    }
+  }
+
+  private async writeAt(fh: FileHandle, buffers: readonly Uint8Array[], pos: number, length: number): Promise<void> {
+    let done = 0;
+    let bufs = buffers;
+    for (;;) {
+      const n =
+        bufs.length === 1
+          ? (await fh.write(bufs[0], 0, bufs[0].byteLength, pos + done)).bytesWritten
+          : (await fh.writev(bufs, pos + done)).bytesWritten;
+      done += n;
+      if (done >= length) return;
+      if (n === 0) throw errnoError('EIO', `write to ${this.config.path} made no progress at ${pos + done}`);
+      bufs = sliceBuffers(buffers, done);
+    }
+  }
+}
+
+function isUnsupported(err: NodeJS.ErrnoException): boolean {
+  return err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP' || err.code === 'ENOSYS' || err.code === 'EINVAL';
+}
+
+export async function openFileDevice(dev: HandlerDevice): Promise<FileDevice> {
+  const cfg = parseFileConfig(dev.cfgstring);
+  if (typeof cfg === 'string') throw errnoError('EINVAL', `file: ${cfg}`);
+  const flags = fs.constants.O_RDWR | fs.constants.O_CREAT | (cfg.direct ? fs.constants.O_DIRECT : 0);
+  const fh = await openAsync(cfg.path, flags, 0o600);
+  try {
+    const st = await fh.stat();
+    if (st.isFile()) {
+      const want = dev.numLbas * dev.blockSize;
+      if (dev.numLbas === 0) {
+        // No size from the kernel: the image decides, as with an existing disk file.
+        if (st.size < dev.blockSize) throw errnoError('EINVAL', `file: ${cfg.path} is empty and the device has no size`);
+        dev.numLbas = Math.floor(st.size / dev.blockSize);
+      } else if (st.size < want) {
+        await fh.truncate(want);
+      }
+    } else if (!st.isBlockDevice()) {
+      throw errnoError('EINVAL', `file: ${cfg.path} is neither a regular file nor a block device`);
+    }
+    return new FileDevice(dev, fh, cfg);
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+}
+
+export const fileHandler: Handler = defineHandler({
+  name: 'File-backed handler',
+  subtype: 'file',
+  configDescription:
+    'file/<path>[;direct]. The image file is created if missing and grown (sparse) to the device size; ' +
+    'with no device size an existing image sets it. A block device path works too. ' +
+    '";direct" opens with O_DIRECT (bypassing the page cache; the filesystem must support it). ' +
+    'UNMAP punches holes, or writes zeros where the filesystem cannot.',
+  checkConfig(cfgstring: string): ConfigCheck {
+    const cfg = parseFileConfig(cfgstring);
+    if (typeof cfg === 'string') return configError(cfg);
+    const problem = checkFileConfig(cfg);
+    return problem === undefined ? configOk : configError(problem);
+  },
+  open(dev: HandlerDevice): Promise<DeviceHandler> {
+    return openFileDevice(dev);
+  },
+});
