@@ -1,2 +1,3 @@
 export {};
 export * from './handler.js';
+export * from './handler-loader.js';

@@ -1,3 +1,4 @@
 export {};
 export * from './ram.js';
 export * from './file.js';
+export * from './builtins.js';
