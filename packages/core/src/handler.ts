@@ -237,8 +237,11 @@ export interface Handler {
   readonly nrThreads?: number;
 }
 
-/** Identity function that gives handler literals full type checking and inference. */
-export function defineHandler<H extends Handler>(handler: H): H {
+/**
+ * Identity function that types a handler literal: parameters get their
+ * types from context, and a misspelt member (e.g. `nrThread`) is an error.
+ */
+export function defineHandler(handler: Handler): Handler {
   return handler;
 }
 
