@@ -163,12 +163,8 @@ export async function loadHandler(spec: string, opts: LoadHandlerOptions = {}): 
   // A package name: prefer the one installed where the user runs us, then
   // fall back to our own resolution (ESM-only packages without a "require"
   // export condition cannot be resolved through require.resolve).
-  let specifier = spec;
-  try {
-    specifier = pathToFileURL(createRequire(path.join(cwd, 'noop.js')).resolve(spec)).href;
-  } catch {
-    /* resolved by import() below, or reported from there */
-  }
+  const found = resolvePackageFrom(cwd, spec);
+  const specifier = found ? pathToFileURL(found).href : spec;
   const source = `package "${spec}"`;
   let mod: Record<string, unknown>;
   try {
@@ -194,24 +190,54 @@ export interface ScanResult {
 }
 
 /**
- * The file a package directory's import() would load. require.resolve
- * knows most layouts but refuses ESM-only "exports", so those are read here.
+ * The file a package directory's import() would load (`subpath` "" for the
+ * package itself). require.resolve knows most layouts but refuses ESM-only
+ * "exports" maps, so those are read here.
  */
-function packageEntry(dir: string): string {
+function packageEntry(dir: string, subpath = ''): string {
   try {
-    return createRequire(path.join(dir, 'noop.js')).resolve(dir);
+    return createRequire(path.join(dir, 'noop.js')).resolve(subpath ? path.join(dir, subpath) : dir);
   } catch {
-    const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as {
-      main?: string;
-      exports?: unknown;
-    };
-    let entry: unknown = pkg.exports;
-    if (entry && typeof entry === 'object' && '.' in entry) entry = (entry as Record<string, unknown>)['.'];
-    while (entry && typeof entry === 'object') {
-      const cond = entry as Record<string, unknown>;
-      entry = cond.import ?? cond.node ?? cond.default;
-    }
-    return path.resolve(dir, typeof entry === 'string' ? entry : (pkg.main ?? 'index.js'));
+    /* fall through to reading package.json */
+  }
+  let pkg: { main?: string; exports?: unknown } = {};
+  try {
+    pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as typeof pkg;
+  } catch {
+    /* no or broken package.json: plain directory layout */
+  }
+  const key = subpath ? `./${subpath}` : '.';
+  let entry: unknown = pkg.exports;
+  if (entry && typeof entry === 'object' && !Array.isArray(entry)) {
+    const map = entry as Record<string, unknown>;
+    // Either a subpath map ({".": ...}) or the conditions for "." directly.
+    if (Object.keys(map).some((k) => k.startsWith('.'))) entry = map[key];
+    else if (subpath) entry = undefined;
+  } else if (subpath) {
+    entry = undefined;
+  }
+  while (entry && typeof entry === 'object') {
+    const cond = entry as Record<string, unknown>;
+    entry = cond.import ?? cond.node ?? cond.default;
+  }
+  if (typeof entry === 'string') return path.resolve(dir, entry);
+  return path.resolve(dir, subpath || pkg.main || 'index.js');
+}
+
+/**
+ * Find package `spec` ("name", "@scope/name", "name/sub") in the
+ * node_modules directories from `cwd` upwards, as a user would expect for a
+ * handler they installed next to their configuration.
+ */
+function resolvePackageFrom(cwd: string, spec: string): string | undefined {
+  const parts = spec.split('/');
+  const nameParts = spec.startsWith('@') ? 2 : 1;
+  const name = parts.slice(0, nameParts).join('/');
+  const subpath = parts.slice(nameParts).join('/');
+  for (let d = path.resolve(cwd); ; d = path.dirname(d)) {
+    const pkgDir = path.join(d, 'node_modules', name);
+    if (existsSync(pkgDir)) return packageEntry(pkgDir, subpath);
+    if (path.dirname(d) === d) return undefined;
   }
 }
 
