@@ -28,23 +28,36 @@ import {
   type ReconfigChange,
 } from '@tcmu-ts/core';
 import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './fallocate.js';
+import { FileIoPool } from './file-pool.js';
 
 export interface FileConfig {
   path: string;
   /** Open with O_DIRECT: bypass the page cache. */
   direct: boolean;
+  /** Worker threads for blocking IO; undefined: the handler's default. */
+  threads?: number;
 }
 
-const FILE_OPTIONS = new Set(['direct']);
+export const MAX_FILE_THREADS = 64;
+const FILE_OPTIONS = new Set(['direct', 'threads']);
 
-/** Parse "<path>[;direct]" (the part after "file/"). */
+/** Parse "<path>[;direct][;threads=N]" (the part after "file/"). */
 export function parseFileConfig(cfg: string): FileConfig | string {
   const { main, options } = parseOptions(cfg);
   for (const key of options.keys()) {
     if (!FILE_OPTIONS.has(key)) return `unknown option "${key}" (file accepts: ${[...FILE_OPTIONS].join(', ')})`;
   }
-  if (main.trim() === '') return 'no path given: expected file/<path>[;direct]';
-  return { path: path.resolve(main), direct: options.has('direct') };
+  if (main.trim() === '') return 'no path given: expected file/<path>[;direct][;threads=N]';
+  const out: FileConfig = { path: path.resolve(main), direct: options.has('direct') };
+  const t = options.get('threads');
+  if (t !== undefined) {
+    const n = Number(t);
+    if (t === '' || !Number.isInteger(n) || n < 0 || n > MAX_FILE_THREADS) {
+      return `threads=${t} must be an integer from 0 to ${MAX_FILE_THREADS}`;
+    }
+    out.threads = n;
+  }
+  return out;
 }
 
 function describe(e: unknown): string {
@@ -128,6 +141,8 @@ export class FileDevice implements DeviceHandler {
     private readonly dev: HandlerDevice,
     readonly fh: FileHandle,
     readonly config: FileConfig,
+    /** Present in threaded mode; IOs without ring offsets still take the libuv path. */
+    readonly pool?: FileIoPool,
   ) {
     this.writeCache = dev.writeCache;
   }
@@ -138,7 +153,8 @@ export class FileDevice implements DeviceHandler {
 
   async read(io: BlockIo): Promise<void> {
     try {
-      await this.readAt(this.fh, io.buffers, io.offset, io.length);
+      if (this.pool !== undefined && FileIoPool.usable(io)) await this.pool.run('read', io);
+      else await this.readAt(this.fh, io.buffers, io.offset, io.length);
     } catch (e) {
       if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw translate(e);
       await this.readAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
@@ -148,7 +164,8 @@ export class FileDevice implements DeviceHandler {
   async write(io: BlockIo): Promise<void> {
     try {
       try {
-        await this.writeAt(this.fh, io.buffers, io.offset, io.length);
+        if (this.pool !== undefined && FileIoPool.usable(io)) await this.pool.run('write', io);
+        else await this.writeAt(this.fh, io.buffers, io.offset, io.length);
       } catch (e) {
         if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
         await this.writeAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
@@ -236,6 +253,8 @@ export class FileDevice implements DeviceHandler {
     const b = this.buffered;
     this.buffered = undefined;
     if (b) await (await b).close().catch(() => {});
+    // Workers go first: they use the image fd and must unmap the ring.
+    if (this.pool) await this.pool.close();
     await this.fh.close();
   }
 
@@ -294,7 +313,8 @@ function isUnsupported(err: NodeJS.ErrnoException): boolean {
   return err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP' || err.code === 'ENOSYS' || err.code === 'EINVAL';
 }
 
-export async function openFileDevice(dev: HandlerDevice): Promise<FileDevice> {
+/** `defaultThreads` applies when the cfgstring has no threads= option. */
+export async function openFileDevice(dev: HandlerDevice, defaultThreads = 0): Promise<FileDevice> {
   const cfg = parseFileConfig(dev.cfgstring);
   if (typeof cfg === 'string') throw errnoError('EINVAL', `file: ${cfg}`);
   const flags = fs.constants.O_RDWR | fs.constants.O_CREAT | (cfg.direct ? fs.constants.O_DIRECT : 0);
@@ -313,28 +333,49 @@ export async function openFileDevice(dev: HandlerDevice): Promise<FileDevice> {
     } else if (!st.isBlockDevice()) {
       throw errnoError('EINVAL', `file: ${cfg.path} is neither a regular file nor a block device`);
     }
-    return new FileDevice(dev, fh, cfg);
+    const threads = cfg.threads ?? defaultThreads;
+    let pool: FileIoPool | undefined;
+    if (threads > 0) {
+      if (dev.ring) pool = new FileIoPool(threads, dev.ring, fh.fd);
+      else dev.log.info(`file: no ring map to share with worker threads; ${cfg.path} uses the libuv pool`);
+    }
+    return new FileDevice(dev, fh, cfg, pool);
   } catch (e) {
     await fh.close();
     throw e;
   }
 }
 
-export const fileHandler: Handler = defineHandler({
-  name: 'File-backed handler',
-  subtype: 'file',
-  configDescription:
-    'file/<path>[;direct]. The image file is created if missing and grown (sparse) to the device size; ' +
-    'with no device size an existing image sets it. A block device path works too. ' +
-    '";direct" opens with O_DIRECT (bypassing the page cache; the filesystem must support it). ' +
-    'UNMAP punches holes, or writes zeros where the filesystem cannot.',
-  checkConfig(cfgstring: string): ConfigCheck {
-    const cfg = parseFileConfig(cfgstring);
-    if (typeof cfg === 'string') return configError(cfg);
-    const problem = checkFileConfig(cfg);
-    return problem === undefined ? configOk : configError(problem);
-  },
-  open(dev: HandlerDevice): Promise<DeviceHandler> {
-    return openFileDevice(dev);
-  },
-});
+/**
+ * A file handler whose devices run their IO on `nrThreads` worker threads
+ * by default (each device may still say threads=N in its cfgstring).
+ */
+export function createFileHandler(opts: { nrThreads?: number } = {}): Handler {
+  const defaultThreads = opts.nrThreads ?? 0;
+  if (!Number.isInteger(defaultThreads) || defaultThreads < 0 || defaultThreads > MAX_FILE_THREADS) {
+    throw new RangeError(`nrThreads must be an integer from 0 to ${MAX_FILE_THREADS}`);
+  }
+  return defineHandler({
+    name: 'File-backed handler',
+    subtype: 'file',
+    configDescription:
+      'file/<path>[;direct][;threads=N]. The image file is created if missing and grown (sparse) to the device ' +
+      'size; with no device size an existing image sets it. A block device path works too. ' +
+      '";direct" opens with O_DIRECT (bypassing the page cache; the filesystem must support it). ' +
+      `";threads=N" (0-${MAX_FILE_THREADS}) runs reads and writes on N worker threads of this device that map ` +
+      'the ring themselves; 0 uses Node\'s shared libuv pool. ' +
+      'UNMAP punches holes, or writes zeros where the filesystem cannot.',
+    ...(defaultThreads > 0 ? { nrThreads: defaultThreads } : {}),
+    checkConfig(cfgstring: string): ConfigCheck {
+      const cfg = parseFileConfig(cfgstring);
+      if (typeof cfg === 'string') return configError(cfg);
+      const problem = checkFileConfig(cfg);
+      return problem === undefined ? configOk : configError(problem);
+    },
+    open(dev: HandlerDevice): Promise<DeviceHandler> {
+      return openFileDevice(dev, defaultThreads);
+    },
+  });
+}
+
+export const fileHandler: Handler = createFileHandler();
