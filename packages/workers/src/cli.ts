@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+import './threadpool.js';
+import { existsSync, readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { runDemo } from './demo.js';
+
+const HELP = `tcmu-ts: userspace daemon for the Linux LIO TCM-User (TCMU) backstore
+
+Usage: tcmu-ts [options]
+
+With the target_core_user kernel module loaded, tcmu-ts serves the user
+backstores the kernel offers. Without it (or with --simulate) it starts its
+own kernel simulator, serves simulated LUNs under a built-in verifying load
+and prints live figures once a second.
+
+Options:
+  -h, --help              show this help and exit
+  -V, --version           print the version and exit
+      --simulate          use the built-in kernel simulator even if TCMU exists
+      --duration <s>      stop after this many seconds (default: until Ctrl-C)
+      --queue-depth <n>   commands in flight per simulated LUN (default 16)
+      --io-size <bytes>   bytes per READ/WRITE of the built-in load (default 4096)
+      --read-percent <p>  share of reads in the built-in load, 0-100 (default 50)
+      --lun-size-mb <n>   size of each simulated LUN in MiB (default 64)
+      --no-load           serve the simulated LUNs without the built-in load
+
+The last line of a simulated run is
+  summary: <n> commands, <x> IOPS, <e> errors, <v> verify failures
+and the exit status is 1 when there were errors or verify failures.
+`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+function positive(name: string, v: string | undefined, dflt: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0 || n > max) {
+    process.stderr.write(`tcmu-ts: --${name} must be a number between 0 and ${max}, got '${v}'\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
+async function main(): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'V' },
+        simulate: { type: 'boolean' },
+        demo: { type: 'boolean' },
+        duration: { type: 'string' },
+        'queue-depth': { type: 'string' },
+        'io-size': { type: 'string' },
+        'read-percent': { type: 'string' },
+        'lun-size-mb': { type: 'string' },
+        'no-load': { type: 'boolean' },
+      },
+      allowPositionals: false,
+    }).values;
+  } catch (e) {
+    process.stderr.write(`tcmu-ts: ${(e as Error).message}\nTry 'tcmu-ts --help'.\n`);
+    return 2;
+  }
+  if (args.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (args.version) {
+    process.stdout.write(`tcmu-ts ${version()}\n`);
+    return 0;
+  }
+  const haveTcmu = existsSync('/sys/module/target_core_user');
+  if (haveTcmu && !args.simulate && !args.demo) {
+    process.stderr.write('tcmu-ts: target_core_user is loaded, but serving real devices needs the control plane, which this build does not have yet; use --simulate\n');
+    return 1;
+  }
+  if (!haveTcmu) process.stderr.write('tcmu-ts: target_core_user is not loaded here: serving simulated LUNs (see --help)\n');
+  const ioSize = positive('io-size', args['io-size'], 4096, 8 << 20);
+  if (ioSize < 512 || ioSize % 512 !== 0) {
+    process.stderr.write(`tcmu-ts: --io-size must be a positive multiple of 512, got ${ioSize}\n`);
+    return 2;
+  }
+  return runDemo({
+    durationS: args.duration === undefined ? undefined : positive('duration', args.duration, 0),
+    queueDepth: Math.max(1, Math.floor(positive('queue-depth', args['queue-depth'], 16, 1024))),
+    ioBytes: ioSize,
+    readPercent: positive('read-percent', args['read-percent'], 50, 100),
+    lunSizeMb: Math.max(1, Math.floor(positive('lun-size-mb', args['lun-size-mb'], 64, 1 << 20))),
+    load: !args['no-load'],
+  });
+}
+
+main().then((code) => process.exit(code), (e) => {
+  process.stderr.write(`tcmu-ts: ${e instanceof Error ? e.stack : String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,201 @@
+/**
+ * The supervisor: owns the device table, one worker thread per device, and
+ * the decisions a worker cannot make for itself (restart after a crash,
+ * reset a broken ring, stop in order). It reads each device's counters from
+ * shared memory, never by message.
+ */
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
+import type { DeviceSpec, RingEndpoint, SupervisorCommand, WorkerEvent } from './device-spec.js';
+
+/** The kernel side of one device: a real UIO/configfs device or the simulator. */
+export interface DeviceBackend {
+  readonly endpoint: RingEndpoint;
+  /** action/block_dev=1: the kernel stops queueing new commands. */
+  block(): void | Promise<void>;
+  unblock(): void | Promise<void>;
+  /** action/reset_ring: the kernel fails what is on the ring and empties it. */
+  resetRing(): void | Promise<void>;
+}
+
+export type DeviceState = 'starting' | 'running' | 'restarting' | 'stopping' | 'stopped' | 'failed';
+
+export interface ManagedDevice {
+  readonly spec: DeviceSpec;
+  readonly backend: DeviceBackend;
+  readonly counters: SharedArrayBuffer;
+  state: DeviceState;
+  restarts: number;
+  numLbas: number;
+  worker?: Worker;
+  lastError?: string;
+}
+
+export interface SupervisorLog {
+  (level: 'debug' | 'info' | 'warn' | 'error', device: string, msg: string): void;
+}
+
+export interface SupervisorOptions {
+  log?: SupervisorLog;
+  /** More restarts than this inside `restartWindowMs` mark the device failed. */
+  maxRestarts?: number;
+  restartWindowMs?: number;
+}
+
+export class DeviceOpenError extends Error {
+  constructor(readonly device: string, readonly reason: string, readonly errno: number) {
+    super(`${device}: handler open failed: ${reason}`);
+    this.name = 'DeviceOpenError';
+  }
+}
+
+const WORKER_URL = new URL('./device-worker.js', import.meta.url);
+
+export class Supervisor extends EventEmitter {
+  readonly devices = new Map<string, ManagedDevice>();
+  private readonly log: SupervisorLog;
+  private readonly maxRestarts: number;
+  private readonly restartWindowMs: number;
+  private readonly restartTimes = new Map<string, number[]>();
+  workerRestarts = 0;
+
+  constructor(opts: SupervisorOptions = {}) {
+    super();
+    this.log = opts.log ?? ((level, dev, msg) => {
+      if (level !== 'debug') process.stderr.write(`${dev}: ${msg}\n`);
+    });
+    this.maxRestarts = opts.maxRestarts ?? 5;
+    this.restartWindowMs = opts.restartWindowMs ?? 60_000;
+  }
+
+  /** Start a worker for the device; resolves once the handler has opened it. */
+  async addDevice(spec: DeviceSpec, backend: DeviceBackend): Promise<ManagedDevice> {
+    if (this.devices.has(spec.name)) throw new Error(`device ${spec.name} already exists`);
+    const dev: ManagedDevice = { spec, backend, counters: createCounterBuffer(), state: 'starting', restarts: 0, numLbas: spec.numLbas };
+    this.devices.set(spec.name, dev);
+    try {
+      await this.startWorker(dev, false);
+    } catch (e) {
+      this.devices.delete(spec.name);
+      throw e;
+    }
+    return dev;
+  }
+
+  /** Stop taking commands, let those in flight finish, close the handler. */
+  async removeDevice(name: string): Promise<void> {
+    const dev = this.devices.get(name);
+    if (!dev) return;
+    dev.state = 'stopping';
+    const w = dev.worker;
+    if (w) {
+      const exited = new Promise<void>((r) => w.once('exit', () => r()));
+      this.send(dev, { type: 'stop' });
+      const timer = setTimeout(() => void w.terminate(), 30_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    dev.state = 'stopped';
+    this.devices.delete(name);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.devices.keys()].map((n) => this.removeDevice(n)));
+  }
+
+  snapshot(name: string): CounterSnapshot | undefined {
+    const dev = this.devices.get(name);
+    return dev && readCounters(dev.counters);
+  }
+
+  reconfigure(name: string, change: { numLbas?: number; writeCache?: boolean }): void {
+    const dev = this.devices.get(name);
+    if (!dev) throw new Error(`no device ${name}`);
+    if (change.numLbas !== undefined) dev.numLbas = change.numLbas;
+    this.send(dev, { type: 'reconfig', ...change });
+  }
+
+  private send(dev: ManagedDevice, cmd: SupervisorCommand): void {
+    dev.worker?.postMessage(cmd);
+  }
+
+  private startWorker(dev: ManagedDevice, reopen: boolean): Promise<void> {
+    const spec = { ...dev.spec, numLbas: dev.numLbas };
+    const worker = new Worker(WORKER_URL, { workerData: { spec, counters: dev.counters, reopen }, stdout: false, stderr: false });
+    dev.worker = worker;
+    return new Promise<void>((resolve, reject) => {
+      let settled = false;
+      worker.on('message', (e: WorkerEvent) => {
+        switch (e.type) {
+          case 'ready':
+            dev.numLbas = e.numLbas;
+            dev.state = 'running';
+            settled = true;
+            resolve();
+            this.emit('device-ready', dev);
+            break;
+          case 'open-failed':
+            dev.state = 'failed';
+            dev.lastError = e.reason;
+            settled = true;
+            reject(new DeviceOpenError(dev.spec.name, e.reason, e.errno));
+            break;
+          case 'ring-broken':
+            // The worker ends its loop; the exit handler below resets the ring and restarts it.
+            this.log('error', dev.spec.name, `ring broken: ${e.reason}`);
+            break;
+          case 'log':
+            this.log(e.level, dev.spec.name, e.msg);
+            break;
+          case 'stopped':
+            break;
+        }
+      });
+      worker.on('error', (err) => {
+        dev.lastError = err.message;
+        this.log('error', dev.spec.name, `worker crashed: ${err.stack ?? err.message}`);
+        if (!settled) {
+          settled = true;
+          dev.state = 'failed';
+          reject(err);
+        }
+      });
+      worker.on('exit', (code) => {
+        if (dev.worker === worker) dev.worker = undefined;
+        if (dev.state === 'running') void this.restart(dev, code);
+      });
+    });
+  }
+
+  /** A worker died under a running device: reset the ring and start a new one. */
+  private async restart(dev: ManagedDevice, code: number): Promise<void> {
+    const now = Date.now();
+    const times = (this.restartTimes.get(dev.spec.name) ?? []).filter((t) => now - t < this.restartWindowMs);
+    times.push(now);
+    this.restartTimes.set(dev.spec.name, times);
+    if (times.length > this.maxRestarts) {
+      dev.state = 'failed';
+      this.log('error', dev.spec.name, `worker exited (code ${code}) ${times.length} times in ${this.restartWindowMs / 1000} s; giving up on this device`);
+      this.emit('device-failed', dev);
+      return;
+    }
+    dev.state = 'restarting';
+    dev.restarts++;
+    this.workerRestarts++;
+    this.log('warn', dev.spec.name, `worker exited (code ${code}); resetting the ring and restarting (restart ${dev.restarts})`);
+    try {
+      await dev.backend.block();
+      // Commands that were on the ring were never acknowledged: the kernel fails them and the initiator retries.
+      await dev.backend.resetRing();
+      await this.startWorker(dev, true);
+      await dev.backend.unblock();
+      this.emit('device-restarted', dev);
+    } catch (e) {
+      dev.state = 'failed';
+      dev.lastError = e instanceof Error ? e.message : String(e);
+      this.log('error', dev.spec.name, `restart failed: ${dev.lastError}`);
+      this.emit('device-failed', dev);
+    }
+  }
+}
