@@ -135,7 +135,8 @@ export function modeSenseData(dev: ScsiDeviceInfo, req: ModeSenseRequest): Uint8
     if (p) pages.push(p);
   }
   const hdr = req.ten ? MODE_HEADER_10 : MODE_HEADER_6;
-  const long = req.ten && req.llbaa === true;
+  // LONGLBA describes the descriptors that follow, so it stays 0 when there are none.
+  const long = req.ten && req.llbaa === true && !req.dbd;
   const bd = req.dbd ? undefined : blockDescriptor(dev, long, which);
   const total = hdr + (bd?.length ?? 0) + pages.reduce((n, p) => n + p.length, 0);
   const b = new Uint8Array(total);
