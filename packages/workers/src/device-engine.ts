@@ -68,7 +68,7 @@ export class DeviceEngine {
     const fd = this.o.eventFd;
     while (!this.stopping && !this.broken) {
       this.drain();
-      if (this.stopping || this.broken) break;
+      if (this.broken) break;
       if (this.consumer.hasWork()) {
         // Let settled handler promises post their completions before reading more.
         await new Promise<void>((r) => setImmediate(r));
@@ -80,11 +80,17 @@ export class DeviceEngine {
         while (readEvent(fd) !== null) { /* take every pending event: one drain serves them all */ }
       }
     }
+    // Commands already on the ring were accepted by the kernel on our behalf: answer them too.
+    if (!this.broken) this.drain();
     await this.whenIdle();
     this.flushKick();
   }
 
-  /** Stop reading new commands; run() resolves after those in flight have completed. */
+  /**
+   * Stop: what is on the ring now is still read and answered, nothing after
+   * that; run() resolves once every command read has completed. Block the
+   * device first for a clean stop, so the kernel queues nothing more.
+   */
   stop(): void {
     this.stopping = true;
   }
