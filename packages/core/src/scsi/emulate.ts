@@ -12,7 +12,7 @@ import { emulateReadCapacity10, emulateReadCapacity16 } from './capacity.js';
 import type { ScsiDeviceInfo } from './device.js';
 import { emulateInquiry } from './inquiry.js';
 import { emulateModeSelect, emulateModeSense } from './mode.js';
-import { checkCondition, good, type ScsiOutcome } from './outcome.js';
+import { checkCondition, goodOutcome, type ScsiOutcome } from './outcome.js';
 import { Asc, buildSense, ScsiError, SenseKey } from './sense.js';
 
 /** A READ/WRITE CDB decoded; `lba` stays BigInt until range-checked. */
@@ -70,7 +70,7 @@ function emulateRw(cdb: Uint8Array, dev: ScsiDeviceInfo, kind: 'read' | 'write')
   if (kind === 'write' && dev.writeProtect) throw ScsiError.writeProtected();
   const lba = checkRange(dev, f.lba, f.blocks);
   // SBC-3: zero blocks transfers nothing and is not an error (never for the 6-byte forms).
-  if (f.blocks === 0) return good();
+  if (f.blocks === 0) return goodOutcome();
   return { kind, lba, blocks: f.blocks, fua: f.fua };
 }
 
@@ -106,12 +106,12 @@ function emulateRequestSense(cdb: Uint8Array): Uint8Array {
 function emulateTestUnitReady(cdb: Uint8Array): ScsiOutcome {
   requireZeroBytes(cdb, 1, 5);
   checkControlByte(cdb, 6);
-  return good();
+  return goodOutcome();
 }
 
 function emulateServiceActionIn16(cdb: Uint8Array, dev: ScsiDeviceInfo): ScsiOutcome {
   const sa = cdb[1] & 0x1f;
-  if (sa === ServiceActionIn16.READ_CAPACITY_16) return good(emulateReadCapacity16(cdb, dev));
+  if (sa === ServiceActionIn16.READ_CAPACITY_16) return goodOutcome(emulateReadCapacity16(cdb, dev));
   // SPC-4: an unsupported service action is an invalid field, not an invalid opcode.
   throw ScsiError.invalidField(1, 4);
 }
@@ -120,14 +120,14 @@ type Emulation = (cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut?: Uint8Array) =>
 
 const TABLE = new Map<number, Emulation>([
   [Opcode.TEST_UNIT_READY, (c) => emulateTestUnitReady(c)],
-  [Opcode.REQUEST_SENSE, (c) => good(emulateRequestSense(c))],
-  [Opcode.INQUIRY, (c, d) => good(emulateInquiry(c, d))],
-  [Opcode.READ_CAPACITY_10, (c, d) => good(emulateReadCapacity10(c, d))],
+  [Opcode.REQUEST_SENSE, (c) => goodOutcome(emulateRequestSense(c))],
+  [Opcode.INQUIRY, (c, d) => goodOutcome(emulateInquiry(c, d))],
+  [Opcode.READ_CAPACITY_10, (c, d) => goodOutcome(emulateReadCapacity10(c, d))],
   [Opcode.SERVICE_ACTION_IN_16, emulateServiceActionIn16],
-  [Opcode.MODE_SENSE_6, (c, d) => good(emulateModeSense(c, d))],
-  [Opcode.MODE_SENSE_10, (c, d) => good(emulateModeSense(c, d))],
-  [Opcode.MODE_SELECT_6, (c, d, o) => (emulateModeSelect(c, d, o), good())],
-  [Opcode.MODE_SELECT_10, (c, d, o) => (emulateModeSelect(c, d, o), good())],
+  [Opcode.MODE_SENSE_6, (c, d) => goodOutcome(emulateModeSense(c, d))],
+  [Opcode.MODE_SENSE_10, (c, d) => goodOutcome(emulateModeSense(c, d))],
+  [Opcode.MODE_SELECT_6, (c, d, o) => (emulateModeSelect(c, d, o), goodOutcome())],
+  [Opcode.MODE_SELECT_10, (c, d, o) => (emulateModeSelect(c, d, o), goodOutcome())],
   [Opcode.READ_6, (c, d) => emulateRw(c, d, 'read')],
   [Opcode.READ_10, (c, d) => emulateRw(c, d, 'read')],
   [Opcode.READ_12, (c, d) => emulateRw(c, d, 'read')],

@@ -20,7 +20,7 @@ export type ScsiOutcome =
 export type DoneOutcome = Extract<ScsiOutcome, { kind: 'done' }>;
 
 /** GOOD status, with Data-In bytes when the command returns data. */
-export function good(dataIn?: Uint8Array): DoneOutcome {
+export function goodOutcome(dataIn?: Uint8Array): DoneOutcome {
   return dataIn ? { kind: 'done', status: ScsiStatus.GOOD, dataIn } : { kind: 'done', status: ScsiStatus.GOOD };
 }
 
