@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Initiator, ScsiStatus, cdbWrite10 } from '@tcmu-ts/ring';
+import { Initiator, ScsiStatus, cdbWrite10, cdbModeSense6 } from '@tcmu-ts/ring';
 import { Supervisor, SimulatedBackend, DeviceOpenError, type DeviceSpec } from '@tcmu-ts/workers';
 import { fillBlocks, checkBlocks } from '@tcmu-ts/workers/verify-pattern';
 
@@ -187,5 +187,62 @@ describe('engine end to end through the simulator', function () {
     const results = await Promise.all(writes);
     expect(results.map((r) => r.status)).to.deep.equal(new Array(32).fill(ScsiStatus.GOOD));
     expect(b.sim.counters().inflight).to.equal(0);
+  });
+
+  describe('reconfiguration', () => {
+    it('a dev_size change gives CAPACITY DATA HAS CHANGED once, then the new READ CAPACITY', async () => {
+      const b = backend();
+      await sup.addDevice(spec('grow', 'file', 'file', join(dir, 'g.img'), b), b);
+      const ini = new Initiator(b.sim, { blockSize: BS });
+      expect((await ini.readCapacity()).capacity!.lastLba).to.equal(8191n);
+      expect(await sup.reconfigure('grow', { numLbas: 16384 })).to.equal(0);
+      const ua = await ini.read(0, 1);
+      expect(ua.status).to.equal(ScsiStatus.CHECK_CONDITION);
+      expect(ua.senseInfo).to.include({ key: 6, asc: 0x2a, ascq: 0x09 });
+      // INQUIRY would not have consumed it; the unit attention is reported once.
+      expect((await ini.read(0, 1)).ok).to.equal(true);
+      expect((await ini.readCapacity()).capacity!.lastLba).to.equal(16383n);
+      expect(statSync(join(dir, 'g.img')).size).to.equal(16384 * BS);
+      expect((await ini.write(16000, pattern(16000, 8, 1))).ok).to.equal(true);
+    });
+
+    it('INQUIRY does not consume a pending unit attention', async () => {
+      const b = backend();
+      await sup.addDevice(spec('ua', 'ram', 'ram', '4M', b), b);
+      const ini = new Initiator(b.sim, { blockSize: BS });
+      await sup.reconfigure('ua', { numLbas: 4096 });
+      expect((await ini.inquiry()).ok).to.equal(true);
+      expect((await ini.testUnitReady()).senseInfo).to.include({ key: 6, asc: 0x2a, ascq: 0x09 });
+      expect((await ini.testUnitReady()).ok).to.equal(true);
+    });
+
+    it('a write-cache change shows in the caching mode page', async () => {
+      const b = backend();
+      await sup.addDevice(spec('wc', 'ram', 'ram', '4M', b), b);
+      const ini = new Initiator(b.sim, { blockSize: BS });
+      const wce = async () => {
+        const r = await ini.send(cdbModeSense6(0x08), { dataInLength: 0xff });
+        expect(r.ok, 'MODE SENSE').to.equal(true);
+        const bdl = r.data[3];
+        return (r.data[4 + bdl + 2] & 0x04) !== 0;
+      };
+      expect(await wce()).to.equal(true);
+      expect(await sup.reconfigure('wc', { writeCache: false })).to.equal(0);
+      await ini.testUnitReady(); // takes the MODE PARAMETERS CHANGED unit attention
+      expect(await wce()).to.equal(false);
+    });
+
+    it('a dev_config change reopens the handler on the new backing file', async () => {
+      const b = backend();
+      await sup.addDevice(spec('re', 'file', 'file', join(dir, 'one.img'), b), b);
+      const ini = new Initiator(b.sim, { blockSize: BS });
+      expect((await ini.write(0, pattern(0, 4, 11))).ok).to.equal(true);
+      await sup.reopen('re', { subtype: 'file', cfgstring: join(dir, 'two.img') });
+      const r = await ini.read(0, 4);
+      expect(r.data.every((x) => x === 0), 'the new file is empty').to.equal(true);
+      expect(statSync(join(dir, 'two.img')).size).to.equal(8192 * BS);
+      await sup.reopen('re', { subtype: 'file', cfgstring: join(dir, 'one.img') });
+      expect(checkBlocks((await ini.read(0, 4)).data, 0, BS, () => 11, new Uint8Array(BS))).to.equal(-1);
+    });
   });
 });

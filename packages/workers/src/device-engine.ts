@@ -51,6 +51,8 @@ export class DeviceEngine {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private broken = false;
+  /** Reported once, to the next command that is not exempt from unit attentions. */
+  private unitAttention: ScsiError | null = null;
   /** Ids a TMR asked about; they are still completed (the kernel waits for them), but logged. */
   private readonly aborted = new Set<number>();
 
@@ -93,6 +95,11 @@ export class DeviceEngine {
    */
   stop(): void {
     this.stopping = true;
+  }
+
+  /** E.g. CAPACITY DATA HAS CHANGED after a dev_size change. */
+  raiseUnitAttention(ua: ScsiError): void {
+    this.unitAttention = ua;
   }
 
   private whenIdle(): Promise<void> {
@@ -148,6 +155,12 @@ export class DeviceEngine {
   private dispatch(cmd: RingCommand): void {
     const start = performance.now();
     this.inFlight++;
+    if (this.unitAttention && !UA_EXEMPT.has(cmd.cdb[0])) {
+      const ua = this.unitAttention;
+      this.unitAttention = null;
+      this.finish(cmd.cmdId, CLS_OTHER, 0, start, ua);
+      return;
+    }
     const h = this.o.handler;
     if (h.handleCmd) {
       this.dispatchRaw(cmd, start);
@@ -291,6 +304,9 @@ export class DeviceEngine {
     this.o.counters.publish();
   }
 }
+
+/** SAM-5: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit attention. */
+const UA_EXEMPT = new Set([0x12, 0xa0, 0x03]);
 
 function isReadWrite(op: number): boolean {
   return op === 0x28 || op === 0x2a || op === 0x88 || op === 0x8a || op === 0x08 || op === 0x0a || op === 0xa8 || op === 0xaa;

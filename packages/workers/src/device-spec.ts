@@ -33,10 +33,11 @@ export type WorkerEvent =
   | { type: 'ready'; numLbas: number }
   | { type: 'open-failed'; reason: string; errno: number }
   | { type: 'ring-broken'; reason: string }
+  | { type: 'reconfig-done'; id: number; errno: number; reason?: string }
   | { type: 'stopped' }
   | { type: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string };
 
 /** Messages the supervisor posts to a device worker. */
 export type SupervisorCommand =
   | { type: 'stop' }
-  | { type: 'reconfig'; numLbas?: number; writeCache?: boolean; cfgstring?: string };
+  | { type: 'reconfig'; id: number; numLbas?: number; writeCache?: boolean };

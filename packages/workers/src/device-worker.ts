@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { mapShared, errnoName } from '@tcmu-ts/ring';
-import { loadHandler, type HandlerDevice } from '@tcmu-ts/core';
+import { loadHandler, ScsiError, type DeviceHandler, type HandlerDevice, type ScsiDeviceInfo } from '@tcmu-ts/core';
 import { CounterWriter } from './counters.js';
 import { DeviceEngine } from './device-engine.js';
 import { scsiInfoFromSpec } from './scsi-info.js';
@@ -66,8 +66,10 @@ async function main(): Promise<void> {
         engine.stop();
         break;
       case 'reconfig':
-        if (m.numLbas !== undefined) info.numLbas = m.numLbas;
-        if (m.writeCache !== undefined) info.writeCache = m.writeCache;
+        void reconfigure(m, opened, engine, info).then(
+          () => post({ type: 'reconfig-done', id: m.id, errno: 0 }),
+          (e) => post({ type: 'reconfig-done', id: m.id, errno: errnoFromCode((e as { code?: string }).code ?? 'EINVAL'), reason: e instanceof Error ? e.message : String(e) }),
+        );
         break;
     }
   });
@@ -77,6 +79,23 @@ async function main(): Promise<void> {
   map.unmap();
   post({ type: 'stopped' });
   port.close();
+}
+
+/**
+ * A size or write-cache change: the handler may refuse it (then nothing
+ * changes); once accepted, initiators learn about it through a unit attention.
+ */
+async function reconfigure(m: Extract<SupervisorCommand, { type: 'reconfig' }>, handler: DeviceHandler, engine: DeviceEngine, info: ScsiDeviceInfo): Promise<void> {
+  if (m.numLbas !== undefined && m.numLbas !== info.numLbas) {
+    await handler.reconfig?.({ kind: 'size', numLbas: m.numLbas, devSize: m.numLbas * info.blockSize });
+    info.numLbas = m.numLbas;
+    engine.raiseUnitAttention(ScsiError.capacityChanged());
+  }
+  if (m.writeCache !== undefined && m.writeCache !== info.writeCache) {
+    await handler.reconfig?.({ kind: 'writecache', enabled: m.writeCache });
+    info.writeCache = m.writeCache;
+    engine.raiseUnitAttention(ScsiError.modeParametersChanged());
+  }
 }
 
 function errnoFromCode(code: string): number {

@@ -22,7 +22,7 @@ export interface DeviceBackend {
 export type DeviceState = 'starting' | 'running' | 'restarting' | 'stopping' | 'stopped' | 'failed';
 
 export interface ManagedDevice {
-  readonly spec: DeviceSpec;
+  spec: DeviceSpec;
   readonly backend: DeviceBackend;
   readonly counters: SharedArrayBuffer;
   state: DeviceState;
@@ -59,6 +59,7 @@ export class Supervisor extends EventEmitter {
   private readonly restartWindowMs: number;
   private readonly restartTimes = new Map<string, number[]>();
   workerRestarts = 0;
+  private nextReconfigId = 1;
 
   constructor(opts: SupervisorOptions = {}) {
     super();
@@ -109,11 +110,51 @@ export class Supervisor extends EventEmitter {
     return dev && readCounters(dev.counters);
   }
 
-  reconfigure(name: string, change: { numLbas?: number; writeCache?: boolean }): void {
+  /**
+   * Apply a size or write-cache change (netlink RECONFIG_DEVICE, configfs).
+   * Resolves to 0 or a positive errno when the handler refused it.
+   */
+  reconfigure(name: string, change: { numLbas?: number; writeCache?: boolean }): Promise<number> {
+    const dev = this.devices.get(name);
+    if (!dev?.worker) return Promise.resolve(19); // ENODEV
+    const id = this.nextReconfigId++;
+    const worker = dev.worker;
+    return new Promise((resolve) => {
+      const onMessage = (e: WorkerEvent) => {
+        if (e.type !== 'reconfig-done' || e.id !== id) return;
+        worker.off('message', onMessage);
+        worker.off('exit', onExit);
+        if (e.errno === 0 && change.numLbas !== undefined) dev.numLbas = change.numLbas;
+        if (e.errno === 0 && change.writeCache !== undefined) dev.spec = { ...dev.spec, writeCache: change.writeCache };
+        if (e.errno !== 0) this.log('warn', name, `reconfiguration refused: ${e.reason ?? `errno ${e.errno}`}`);
+        resolve(e.errno);
+      };
+      const onExit = () => resolve(5); // EIO
+      worker.on('message', onMessage);
+      worker.once('exit', onExit);
+      this.send(dev, { type: 'reconfig', id, ...change });
+    });
+  }
+
+  /** A new handler configuration (dev_config): reopen the handler on a new worker, keeping the ring. */
+  async reopen(name: string, change: { subtype: string; cfgstring: string; handlerSpec?: string }): Promise<void> {
     const dev = this.devices.get(name);
     if (!dev) throw new Error(`no device ${name}`);
-    if (change.numLbas !== undefined) dev.numLbas = change.numLbas;
-    this.send(dev, { type: 'reconfig', ...change });
+    const old = dev.worker;
+    dev.state = 'stopping';
+    if (old) {
+      const exited = new Promise<void>((r) => old.once('exit', () => r()));
+      await dev.backend.block();
+      this.send(dev, { type: 'stop' });
+      await exited;
+    }
+    dev.spec = { ...dev.spec, subtype: change.subtype, cfgstring: change.cfgstring, handlerSpec: change.handlerSpec ?? change.subtype };
+    dev.state = 'starting';
+    try {
+      await this.startWorker(dev, true);
+    } finally {
+      await dev.backend.unblock();
+    }
   }
 
   private send(dev: ManagedDevice, cmd: SupervisorCommand): void {
