@@ -1,0 +1,323 @@
+/**
+ * The daemon's logger, with tcmu-runner's levels (libtcmu_config.h):
+ * 0 CRIT, 1 ERROR, 2 WARNING, 3 INFO (default), 4 DEBUG, 5 DEBUG SCSI CMD.
+ * A message is written when its level is <= the current level.
+ *
+ * One line per event, to stderr and to `<log_dir>/tcmu-ts.log`, in
+ * tcmu-runner's file format (libtcmu_log.c output_to_fd):
+ *   `2024-05-01 12:00:00.123 4242 [INFO] dev0: message`
+ * (local time with milliseconds, pid, level tag, then the device prefix when
+ * the event concerns a device). Embedded newlines are escaped so every event
+ * stays one line.
+ *
+ * Writes are synchronous appends (O_APPEND): ordering is exact and nothing
+ * is lost on a crash. The file is rotated by size: tcmu-ts.log ->
+ * tcmu-ts.log.1 -> ... -> .<maxFiles>, the oldest dropped. reopen() is for
+ * external rotation (logrotate + SIGHUP, as tcmu-runner's logrotate.conf
+ * does). Use one Logger per process: worker threads should hand their lines
+ * to the main thread's logger, since only it tracks the file size.
+ *
+ * Hand-written rather than pino + pino-roll: this format is not JSON, the
+ * volume is small, and synchronous writes keep the last words of a crash.
+ */
+import { openSync, writeSync, closeSync, fstatSync, renameSync, unlinkSync, mkdirSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+export const LogLevel = {
+  CRIT: 0,
+  ERROR: 1,
+  WARN: 2,
+  INFO: 3,
+  DEBUG: 4,
+  DEBUG_SCSI_CMD: 5,
+} as const;
+export type LogLevelValue = (typeof LogLevel)[keyof typeof LogLevel];
+
+/** Names as tcmu.conf documents them (and tcmu-runner prints "log level now is ..."). */
+export const LOG_LEVEL_NAMES = ['CRIT', 'ERROR', 'WARNING', 'INFO', 'DEBUG', 'DEBUG SCSI CMD'] as const;
+/** Tags in each line, as tcmu-runner's loglevel_string. */
+export const LOG_LEVEL_TAGS = ['CRIT', 'ERROR', 'WARN', 'INFO', 'DEBUG', 'DEBUG_SCSI_CMD'] as const;
+
+export const DEFAULT_LOG_FILE = 'tcmu-ts.log';
+export const DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024;
+export const DEFAULT_LOG_MAX_FILES = 7;
+
+/** Something lines can be written to (process.stderr by default). */
+export interface LineSink {
+  write(line: string): unknown;
+}
+
+export interface LoggerOptions {
+  /** 0..5, default 3 (INFO). Out-of-range values are clamped, as tcmu-runner does. */
+  level?: number;
+  /** Directory of the log file; null or undefined: no file. */
+  logDir?: string | null;
+  fileName?: string;
+  /** Rotate when a write would take the file past this size. Default 10 MiB (tcmu-runner's logrotate size). */
+  maxBytes?: number;
+  /** Rotated files kept (.1 .. .N). Default 7 (tcmu-runner's logrotate rotate). 0: truncate instead. */
+  maxFiles?: number;
+  /** false: no stderr output; or another sink. Default process.stderr. */
+  stderr?: boolean | LineSink;
+  clock?: () => Date;
+  pid?: number;
+}
+
+export function clampLogLevel(level: number): LogLevelValue {
+  if (!Number.isFinite(level)) return LogLevel.INFO;
+  return Math.min(LogLevel.DEBUG_SCSI_CMD, Math.max(LogLevel.CRIT, Math.trunc(level))) as LogLevelValue;
+}
+
+function pad(n: number, w = 2): string {
+  return String(n).padStart(w, '0');
+}
+
+/** tcmu-runner's time_string_now format, local time. */
+export function formatLogTime(d: Date): string {
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+/** One formatted line, with its newline. */
+export function formatLogLine(time: Date, pid: number, level: LogLevelValue, msg: string, dev?: string): string {
+  const body = msg.replace(/\r?\n$/, '').replace(/\r/g, '\\r').replace(/\n/g, '\\n');
+  return `${formatLogTime(time)} ${pid} [${LOG_LEVEL_TAGS[level]}] ${dev ? `${dev}: ` : ''}${body}\n`;
+}
+
+/** The logging calls, for the daemon or for one device. */
+export interface LogMethods {
+  crit(msg: string): void;
+  error(msg: string): void;
+  warn(msg: string): void;
+  info(msg: string): void;
+  debug(msg: string): void;
+  debugScsiCmd(msg: string): void;
+  enabled(level: number): boolean;
+}
+
+export class Logger implements LogMethods {
+  private lvl: LogLevelValue;
+  private fd: number | null = null;
+  private size = 0;
+  private dir: string | null = null;
+  private readonly fileName: string;
+  private readonly maxBytes: number;
+  private readonly maxFiles: number;
+  private readonly sink: LineSink | null;
+  private readonly clock: () => Date;
+  private readonly pid: number;
+  private fileErrorReported = false;
+
+  constructor(opts: LoggerOptions = {}) {
+    this.lvl = clampLogLevel(opts.level ?? LogLevel.INFO);
+    this.fileName = opts.fileName ?? DEFAULT_LOG_FILE;
+    if (this.fileName.includes('/')) throw new RangeError(`log file name ${JSON.stringify(this.fileName)} may not contain '/'`);
+    this.maxBytes = opts.maxBytes ?? DEFAULT_LOG_MAX_BYTES;
+    this.maxFiles = opts.maxFiles ?? DEFAULT_LOG_MAX_FILES;
+    if (!(this.maxBytes > 0) || !Number.isInteger(this.maxFiles) || this.maxFiles < 0) throw new RangeError('maxBytes must be > 0 and maxFiles >= 0');
+    this.sink = opts.stderr === false ? null : opts.stderr === true || opts.stderr === undefined ? process.stderr : opts.stderr;
+    this.clock = opts.clock ?? (() => new Date());
+    this.pid = opts.pid ?? process.pid;
+    if (opts.logDir) this.openIn(opts.logDir);
+  }
+
+  get level(): LogLevelValue {
+    return this.lvl;
+  }
+
+  /** The current log file, or null when logging to stderr only. */
+  get filePath(): string | null {
+    return this.dir === null ? null : join(this.dir, this.fileName);
+  }
+
+  /** Change the level (clamped to 0..5); announced at CRIT like tcmu-runner. Returns the level now in force. */
+  setLevel(level: number): LogLevelValue {
+    const l = clampLogLevel(level);
+    if (l !== this.lvl) {
+      this.lvl = l;
+      this.crit(`log level now is ${LOG_LEVEL_NAMES[l]}`);
+    }
+    return l;
+  }
+
+  /**
+   * Move the log file to another directory (created if needed), or stop
+   * writing a file (null). On failure the old file stays in use and the
+   * error is logged; returns whether the change took effect.
+   */
+  setLogDir(dir: string | null): boolean {
+    if (dir === this.dir) return true;
+    if (dir === null) {
+      this.closeFile();
+      this.dir = null;
+      return true;
+    }
+    const prevFd = this.fd;
+    const prevDir = this.dir;
+    const prevSize = this.size;
+    try {
+      this.fd = null;
+      this.openIn(dir);
+    } catch (e) {
+      this.fd = prevFd;
+      this.dir = prevDir;
+      this.size = prevSize;
+      this.error(`could not set up log dir ${dir}: ${(e as Error).message}`);
+      return false;
+    }
+    if (prevFd !== null) closeSync(prevFd);
+    this.crit(`log file path now is '${this.filePath}'`);
+    return true;
+  }
+
+  /** Reopen the file by name (after an external rotation). */
+  reopen(): void {
+    if (this.dir === null) return;
+    const dir = this.dir;
+    this.closeFile();
+    try {
+      this.openIn(dir);
+    } catch (e) {
+      this.dir = null;
+      this.reportFileError(e as Error);
+    }
+  }
+
+  close(): void {
+    this.closeFile();
+    this.dir = null;
+  }
+
+  enabled(level: number): boolean {
+    return level <= this.lvl;
+  }
+
+  log(level: LogLevelValue, msg: string, dev?: string): void {
+    if (level > this.lvl) return;
+    const line = formatLogLine(this.clock(), this.pid, level, msg, dev);
+    if (this.sink) {
+      try {
+        this.sink.write(line);
+      } catch {
+        // stderr gone: keep the file going
+      }
+    }
+    if (this.fd !== null) this.writeFile(line);
+  }
+
+  crit(msg: string): void {
+    this.log(LogLevel.CRIT, msg);
+  }
+  error(msg: string): void {
+    this.log(LogLevel.ERROR, msg);
+  }
+  warn(msg: string): void {
+    this.log(LogLevel.WARN, msg);
+  }
+  info(msg: string): void {
+    this.log(LogLevel.INFO, msg);
+  }
+  debug(msg: string): void {
+    this.log(LogLevel.DEBUG, msg);
+  }
+  debugScsiCmd(msg: string): void {
+    this.log(LogLevel.DEBUG_SCSI_CMD, msg);
+  }
+
+  /** Calls that prefix every line with `<dev>: `. */
+  forDevice(dev: string): DeviceLogger {
+    return new DeviceLogger(this, dev);
+  }
+
+  private openIn(dir: string): void {
+    if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o755 });
+    const path = join(dir, this.fileName);
+    const fd = openSync(path, 'a', 0o600);
+    this.fd = fd;
+    this.dir = dir;
+    this.size = fstatSync(fd).size;
+    this.fileErrorReported = false;
+  }
+
+  private closeFile(): void {
+    if (this.fd !== null) {
+      try {
+        closeSync(this.fd);
+      } catch {
+        // already gone
+      }
+    }
+    this.fd = null;
+  }
+
+  private writeFile(line: string): void {
+    const buf = Buffer.from(line, 'utf8');
+    try {
+      if (this.size > 0 && this.size + buf.length > this.maxBytes) this.rotate();
+      if (this.fd === null) return;
+      let off = 0;
+      while (off < buf.length) off += writeSync(this.fd, buf, off, buf.length - off);
+      this.size += buf.length;
+    } catch (e) {
+      this.reportFileError(e as Error);
+    }
+  }
+
+  private rotate(): void {
+    const base = this.filePath!;
+    const dir = this.dir!;
+    this.closeFile();
+    try {
+      if (this.maxFiles === 0) {
+        unlinkSync(base);
+      } else {
+        const oldest = `${base}.${this.maxFiles}`;
+        if (existsSync(oldest)) unlinkSync(oldest);
+        for (let i = this.maxFiles - 1; i >= 1; i--) {
+          if (existsSync(`${base}.${i}`)) renameSync(`${base}.${i}`, `${base}.${i + 1}`);
+        }
+        renameSync(base, `${base}.1`);
+      }
+    } finally {
+      // Whatever happened to the old files, keep logging to the base name.
+      this.openIn(dir);
+    }
+  }
+
+  private reportFileError(e: Error): void {
+    if (this.fileErrorReported) return;
+    this.fileErrorReported = true;
+    if (this.sink) {
+      try {
+        this.sink.write(formatLogLine(this.clock(), this.pid, LogLevel.ERROR, `log file ${this.filePath ?? ''} write failed: ${e.message}`));
+      } catch {
+        // nowhere left to say it
+      }
+    }
+  }
+}
+
+/** A device's view of the logger: same levels, lines prefixed with `<dev>: `. */
+export class DeviceLogger implements LogMethods {
+  constructor(readonly logger: Logger, readonly dev: string) {}
+  crit(msg: string): void {
+    this.logger.log(LogLevel.CRIT, msg, this.dev);
+  }
+  error(msg: string): void {
+    this.logger.log(LogLevel.ERROR, msg, this.dev);
+  }
+  warn(msg: string): void {
+    this.logger.log(LogLevel.WARN, msg, this.dev);
+  }
+  info(msg: string): void {
+    this.logger.log(LogLevel.INFO, msg, this.dev);
+  }
+  debug(msg: string): void {
+    this.logger.log(LogLevel.DEBUG, msg, this.dev);
+  }
+  debugScsiCmd(msg: string): void {
+    this.logger.log(LogLevel.DEBUG_SCSI_CMD, msg, this.dev);
+  }
+  enabled(level: number): boolean {
+    return this.logger.enabled(level);
+  }
+}
