@@ -433,6 +433,17 @@ describe('metrics endpoint', function () {
     expect(e.get('tcmu_build_info')!.samples[0].labels.version).to.equal('9.9.9');
   });
 
+  it('the Grafana dashboard only queries metrics the endpoint serves', async () => {
+    const dash = readFileSync(new URL('../../docs/grafana-dashboard.json', import.meta.url), 'utf8');
+    JSON.parse(dash);
+    const used = new Set(dash.match(/tcmu_[a-z0-9_]+/g) ?? []);
+    const e = await scrape();
+    const served = new Set([...e.values()].flatMap((f) => f.samples.map((s) => s.name)));
+    for (const f of e.values()) served.add(f.name);
+    expect(used.size).to.be.greaterThan(15);
+    for (const name of used) expect(served.has(name), name).to.equal(true);
+  });
+
   it('parses --metrics-address forms', () => {
     expect(parseMetricsAddress('127.0.0.1:9100')).to.deep.equal({ host: '127.0.0.1', port: 9100 });
     expect(parseMetricsAddress('[::1]:9100')).to.deep.equal({ host: '::1', port: 9100 });
