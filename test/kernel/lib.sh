@@ -1,0 +1,50 @@
+# Helpers for kernel scenarios (source it: . "$TCMU_REPO/test/kernel/lib.sh").
+# Checks go to $TCMU_OUT/checks.tsv (ok|FAIL, name, detail), timings to
+# $TCMU_OUT/timings.tsv (name, seconds); test/kernel/run.mjs turns both into
+# the JSON and markdown report. Only bash builtins in the hot paths: every
+# fork+exec costs tens of milliseconds under TCG.
+: "${TCMU_OUT:?run this inside the VM (scripts/vm/run.sh)}"
+TK_CHECKS=$TCMU_OUT/checks.tsv
+TK_TIMINGS=$TCMU_OUT/timings.tsv
+TK_FAILED=0
+: >"$TK_CHECKS"
+CFG=/sys/kernel/config/target
+
+tk_log() { printf '[%s] %s\n' "$(tk_up)" "$*"; }
+tk_up() { local u; read -r u _ </proc/uptime; printf '%s' "$u"; }
+tk_now() { printf '%s' "$EPOCHREALTIME"; }
+# tk_since T0: seconds since T0 (an $EPOCHREALTIME value), 3 decimals, no fork
+tk_since() { local us=$(( ${EPOCHREALTIME/./} - ${1/./} )); printf '%d.%03d' $((us / 1000000)) $(( (us % 1000000) / 1000 )); }
+# tk_sleep S: sleep without forking (read with a timeout on a private fifo)
+mkfifo /tmp/.tk_sleep 2>/dev/null; exec {TK_SLEEP_FD}<>/tmp/.tk_sleep
+tk_sleep() { read -rt "$1" -u "$TK_SLEEP_FD" _ 2>/dev/null; return 0; }
+tk_timing() { printf '%s\t%s\n' "$1" "$2" >>"$TK_TIMINGS"; tk_log "timing $1 = $2 s"; }
+
+# tk_pass NAME [DETAIL] / tk_fail NAME [DETAIL]
+tk_pass() { printf 'ok\t%s\t%s\n' "$1" "${2:-}" >>"$TK_CHECKS"; tk_log "ok   $1${2:+: $2}"; }
+tk_fail() { printf 'FAIL\t%s\t%s\n' "$1" "${2:-}" >>"$TK_CHECKS"; tk_log "FAIL $1${2:+: $2}"; TK_FAILED=$((TK_FAILED + 1)); }
+# tk_check NAME CMD...: pass when CMD succeeds
+tk_check() { local n=$1; shift; if "$@"; then tk_pass "$n"; else tk_fail "$n" "command failed: $*"; fi; }
+# tk_eq NAME EXPECTED ACTUAL
+tk_eq() { if [ "$2" = "$3" ]; then tk_pass "$1" "$3"; else tk_fail "$1" "expected '$2', got '$3'"; fi; }
+# tk_match NAME REGEX ACTUAL
+tk_match() { if [[ $3 =~ $2 ]]; then tk_pass "$1" "${BASH_REMATCH[0]}"; else tk_fail "$1" "'${3:0:200}' does not match /$2/"; fi; }
+# tk_time NAME CMD...: run CMD, record its duration; returns CMD's status
+tk_time() { local n=$1 t0 rc; shift; t0=$EPOCHREALTIME; "$@"; rc=$?; tk_timing "$n" "$(tk_since "$t0")"; return $rc; }
+# tk_wait SECONDS CMD...: poll CMD every 10 ms until it succeeds
+tk_wait() {
+  local lim=$1 t0=${EPOCHREALTIME/./}; shift
+  until "$@"; do
+    (( ${EPOCHREALTIME/./} - t0 > lim * 1000000 )) && return 1
+    tk_sleep 0.01
+  done
+}
+# tk_put FILE VALUE: configfs write with a readable failure
+tk_put() { if ! printf '%s' "$2" >"$1" 2>/dev/null; then tk_log "write '$2' > $1 failed"; return 1; fi; }
+# tk_finish: exit status of the scenario (number of failed checks, capped)
+tk_finish() {
+  local n; n=$(grep -c . "$TK_CHECKS" || true)
+  tk_log "$((n - TK_FAILED)) passed, $TK_FAILED failed"
+  [ "$TK_FAILED" = 0 ] && exit 0
+  exit $(( TK_FAILED > 100 ? 100 : TK_FAILED ))
+}
