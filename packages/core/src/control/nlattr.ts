@@ -184,7 +184,7 @@ export interface GenlMsgSpec {
 
 /** A whole generic netlink message: nlmsghdr + genlmsghdr + attributes. */
 export function encodeGenlMsg(spec: GenlMsgSpec, attrs: readonly Uint8Array[] = []): Uint8Array {
-  const body = concat([encodeGenlHeader(spec), ...attrs]);
+  const body = nlConcat([encodeGenlHeader(spec), ...attrs]);
   return encodeNlMsg({ type: spec.family, flags: spec.flags, seq: spec.seq, pid: spec.pid ?? 0 }, body);
 }
 
@@ -403,11 +403,11 @@ export const nla = {
   },
   /** A nested attribute; `flagged` sets NLA_F_NESTED (modern kernels' nla_nest_start does). */
   nested(type: number, attrs: readonly Uint8Array[], flagged = true): Uint8Array {
-    return tlv(type, concat(attrs), flagged ? NLA_F_NESTED : 0);
+    return tlv(type, nlConcat(attrs), flagged ? NLA_F_NESTED : 0);
   },
 };
 
-export function concat(parts: readonly Uint8Array[]): Uint8Array {
+export function nlConcat(parts: readonly Uint8Array[]): Uint8Array {
   let n = 0;
   for (const p of parts) n += p.byteLength;
   const out = new Uint8Array(n);
