@@ -1,0 +1,149 @@
+#!/usr/bin/env node
+// `npm run test:kernel`: real-kernel tests in a TCG-emulated Debian guest.
+//
+//   node test/kernel/run.mjs [--skip-prepare] [--timeout S] [-v] [scenario.sh ...]
+//
+// Prepares the VM (scripts/vm/prepare.sh: cached after the first run, needs
+// root), boots it once per scenario (default: test/kernel/smoke.sh) through
+// scripts/vm/run.sh, and reports the checks and timings the scenario wrote.
+// Reports: .vm-cache/results/<scenario>.json and .md (latest run), plus a copy
+// in the run's own directory. Exits non-zero when a scenario fails, a check
+// fails, or the guest hangs. Plain Node, no build needed.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const cache = process.env.TCMU_VM_CACHE ?? join(repo, '.vm-cache');
+const resultsDir = join(cache, 'results');
+
+const args = process.argv.slice(2);
+let skipPrepare = false;
+let verbose = false;
+let timeout = 300;
+const scenarios = [];
+for (let i = 0; i < args.length; i++) {
+  const a = args[i];
+  if (a === '--skip-prepare') skipPrepare = true;
+  else if (a === '-v' || a === '--verbose') verbose = true;
+  else if (a === '--timeout') timeout = Number(args[++i]);
+  else if (a === '-h' || a === '--help') {
+    process.stdout.write(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 12).join('\n') + '\n');
+    process.exit(0);
+  } else if (a.startsWith('-')) {
+    process.stderr.write(`run.mjs: unknown option ${a}\n`);
+    process.exit(2);
+  } else scenarios.push(a);
+}
+if (scenarios.length === 0) scenarios.push('test/kernel/smoke.sh');
+
+const secs = (t0) => Number(((performance.now() - t0) / 1000).toFixed(2));
+const readTsv = (file) => existsSync(file)
+  ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => l.split('\t'))
+  : [];
+const readEnv = (file) => Object.fromEntries(existsSync(file)
+  ? readFileSync(file, 'utf8').split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])
+  : []);
+
+if (process.platform !== 'linux' || process.getuid?.() !== 0) {
+  process.stderr.write('test:kernel needs Linux and root (apt-get, debootstrap and a VM image owned by root)\n');
+  process.exit(1);
+}
+
+let prepareSeconds = null;
+if (!skipPrepare) {
+  const t0 = performance.now();
+  const r = spawnSync('bash', [join(repo, 'scripts/vm/prepare.sh')], { cwd: repo, stdio: ['ignore', 'inherit', 'inherit'] });
+  prepareSeconds = secs(t0);
+  if (r.status !== 0) {
+    process.stderr.write(`test:kernel: prepare.sh failed (exit ${r.status ?? r.signal}) after ${prepareSeconds}s\n`);
+    process.exit(1);
+  }
+}
+const manifest = readEnv(join(cache, 'vm', 'manifest.env'));
+
+mkdirSync(resultsDir, { recursive: true });
+const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
+const reports = [];
+for (const scen of scenarios) {
+  const name = basename(scen).replace(/\.sh$/, '');
+  const runRel = relative(repo, join(resultsDir, 'runs', `${stamp}-${process.pid}-${name}`));
+  const runDir = join(repo, runRel);
+  const t0 = performance.now();
+  const r = spawnSync('bash', [join(repo, 'scripts/vm/run.sh'), '--timeout', String(timeout), '--out', runRel, ...(verbose ? ['-v'] : []), scen],
+    { cwd: repo, stdio: ['ignore', 'inherit', 'inherit'] });
+  const wall = secs(t0);
+  const status = r.status ?? 128;
+  const checks = readTsv(join(runDir, 'checks.tsv')).map(([s, check, detail]) => ({ ok: s === 'ok', check, detail: detail ?? '' }));
+  const timings = Object.fromEntries(readTsv(join(runDir, 'timings.tsv')).map(([k, v]) => [k, Number(v)]));
+  const modules = readTsv(join(runDir, 'modules.tsv')).map(([module, s]) => ({ module, seconds: Number(s) }));
+  const host = Object.fromEntries(readTsv(join(runDir, 'host.tsv')).map(([k, v]) => [k, Number(v)]));
+  const passed = checks.filter((c) => c.ok).length;
+  const failed = checks.length - passed;
+  const verdict = status === 0 && failed === 0 ? 'pass' : status === 124 ? 'hung' : 'fail';
+  const report = {
+    scenario: relative(repo, resolve(repo, scen)),
+    verdict, status, passed, failed,
+    date: new Date().toISOString(),
+    kernel: manifest.KVER ?? null, kernelPackage: manifest.KPKG ?? null, node: manifest.NODE_VERSION ?? null,
+    prepareSeconds,
+    hostWallSeconds: host.host_wall_boot_to_exit ?? wall,
+    timings, modules, checks,
+    runDir: runRel,
+  };
+  reports.push(report);
+  const md = toMarkdown(report);
+  const json = JSON.stringify(report, null, 2) + '\n';
+  writeFileSync(join(runDir, 'report.json'), json);
+  writeFileSync(join(runDir, 'report.md'), md);
+  copyFileSync(join(runDir, 'report.json'), join(resultsDir, `${name}.json`));
+  copyFileSync(join(runDir, 'report.md'), join(resultsDir, `${name}.md`));
+  printSummary(report);
+}
+
+const allPassed = reports.reduce((n, r) => n + r.passed, 0);
+const allFailed = reports.reduce((n, r) => n + r.failed + (r.verdict !== 'pass' && r.failed === 0 ? 1 : 0), 0);
+process.stdout.write(`kernel: ${allPassed} passed, ${allFailed} failed\n`);
+process.exit(reports.every((r) => r.verdict === 'pass') ? 0 : 1);
+
+function printSummary(r) {
+  const t = r.timings;
+  const out = [];
+  out.push(`\n== ${r.scenario}: ${r.verdict.toUpperCase()} (exit ${r.status}), ${r.passed} checks passed, ${r.failed} failed`);
+  out.push(`   kernel ${r.kernel}, node ${r.node}; prepare ${r.prepareSeconds ?? 'skipped'} s, boot+scenario+poweroff ${r.hostWallSeconds} s host wall clock`);
+  if (t.kernel_to_stage1 !== undefined) {
+    out.push(`   guest uptime: /init ${t.kernel_to_stage1} s, root switched ${t.kernel_to_stage2} s, modules loaded ${t.modules_loaded_at ?? '-'} s, scenario ${t.scenario_start ?? '-'}..${t.scenario_end ?? '-'} s`);
+  }
+  const steps = Object.entries(t).filter(([k]) => /^[A-Z]_/.test(k) || !/^(kernel_to|modules_loaded|scenario_|guest_uptime)/.test(k));
+  if (steps.length) out.push(`   steps: ${steps.map(([k, v]) => `${k} ${v}s`).join(', ')}`);
+  for (const c of r.checks.filter((c) => !c.ok)) out.push(`   FAIL ${c.check}: ${c.detail}`);
+  out.push(`   report: ${relative(repo, join(resultsDir, basename(r.scenario).replace(/\.sh$/, '') + '.md'))}, logs: ${r.runDir}/`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+function toMarkdown(r) {
+  const lines = [
+    `# Kernel scenario ${r.scenario}: ${r.verdict}`,
+    '',
+    `- date: ${r.date}`,
+    `- kernel: ${r.kernel} (${r.kernelPackage}), node ${r.node}, qemu TCG (no KVM), 2 vCPUs, 2 GiB`,
+    `- exit status: ${r.status}; checks: ${r.passed} passed, ${r.failed} failed`,
+    `- prepare: ${r.prepareSeconds ?? 'skipped'} s; boot + scenario + power-off: ${r.hostWallSeconds} s (host wall clock)`,
+    `- logs: \`${r.runDir}/\` (console.log, scenario.log, dmesg.txt)`,
+    '',
+    '## Timings (seconds; guest uptime for boot phases)',
+    '',
+    '| step | s |',
+    '|---|---|',
+    ...Object.entries(r.timings).map(([k, v]) => `| ${k} | ${v} |`),
+    '',
+  ];
+  if (r.modules.length) {
+    lines.push('## Module load order (insmod)', '', '| # | module | s |', '|---|---|---|',
+      ...r.modules.map((m, i) => `| ${i + 1} | ${m.module} | ${m.seconds} |`), '');
+  }
+  lines.push('## Checks', '', '| | check | detail |', '|---|---|---|',
+    ...r.checks.map((c) => `| ${c.ok ? 'ok' : '**FAIL**'} | ${c.check} | ${String(c.detail).replace(/\|/g, '\\|')} |`), '');
+  return lines.join('\n');
+}
