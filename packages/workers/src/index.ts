@@ -4,3 +4,5 @@ export * from './supervisor.js';
 export * from './sim-backend.js';
 export * from './demo-load.js';
 export * from './verify-pattern.js';
+export * from './daemon.js';
+export * from './kernel-backend.js';

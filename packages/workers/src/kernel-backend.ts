@@ -1,0 +1,28 @@
+import { closeFd, openFile, O_RDWR, O_CLOEXEC } from '@tcmu-ts/ring';
+import type { TcmuConfigfsDevice, UioDevice } from '@tcmu-ts/core';
+import type { RingEndpoint } from './device-spec.js';
+import type { DeviceBackend } from './supervisor.js';
+
+/** A device served by the real target_core_user: the UIO fd for the ring, configfs for the actions. */
+export class KernelBackend implements DeviceBackend {
+  constructor(readonly endpoint: RingEndpoint & { close?(): void }, readonly configfs: TcmuConfigfsDevice) {}
+
+  /** Opens /dev/uioN once: one fd serves mmap, irq reads and kicks. */
+  static openUio(uio: UioDevice): RingEndpoint & { close(): void } {
+    const fd = openFile(uio.devPath, O_RDWR | O_CLOEXEC);
+    return { mapFd: fd, eventFd: fd, mapSize: uio.mapSize, close: () => closeFd(fd) };
+  }
+
+  async block(): Promise<void> {
+    await this.configfs.blockDevice(true);
+  }
+  async unblock(): Promise<void> {
+    await this.configfs.blockDevice(false);
+  }
+  async resetRing(): Promise<void> {
+    await this.configfs.resetRing(1);
+  }
+  close(): void {
+    this.endpoint.close?.();
+  }
+}

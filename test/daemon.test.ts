@@ -1,0 +1,128 @@
+import { expect } from 'chai';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HandlerRegistry, Logger } from '@tcmu-ts/core';
+import { Initiator, ScsiStatus, cdbModeSense6 } from '@tcmu-ts/ring';
+import { Daemon } from '@tcmu-ts/workers';
+import { KernelStandIn } from './fixtures/kernel-standin.js';
+
+const ENOENT = 2;
+const EINVAL = 22;
+
+describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, simulator behind UIO, fake netlink)', function () {
+  this.timeout(30000);
+  let k: KernelStandIn;
+  let dir: string;
+  let daemon: Daemon | undefined;
+  let lines: string[];
+
+  beforeEach(() => {
+    k = new KernelStandIn();
+    dir = mkdtempSync(join(tmpdir(), 'tcmu-daemon-'));
+    lines = [];
+  });
+  afterEach(async () => {
+    await daemon?.stop();
+    daemon = undefined;
+    await k.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function startDaemon(): Promise<Daemon> {
+    const registry = new HandlerRegistry();
+    await registry.loadBuiltins();
+    const logger = new Logger({ level: 4, stderr: { write: (l: string) => lines.push(l) } });
+    daemon = new Daemon({
+      logger, registry, handlerSources: new Map(registry.list().map((h) => [h.subtype, h.subtype])),
+      root: k.root, configfsIo: k.configfsIo, openNetlink: k.openNetlink, openUio: k.openUio,
+    });
+    await daemon.start();
+    return daemon;
+  }
+
+  it('adopts devices present at start: block, reset the ring, serve, unblock', async () => {
+    const dev = k.addDevice({ name: 'disk0', subtype: 'file', cfgstring: join(dir, 'a.img') });
+    // Left on the ring by a daemon that died: nobody will ever answer these.
+    const stale = new Initiator(dev.sim).write(0, new Uint8Array(512).fill(9));
+    const d = await startDaemon();
+    expect(dev.actions).to.deep.equal(['block_dev=1', 'reset_ring=1', 'block_dev=0']);
+    expect((await stale).status).to.equal(ScsiStatus.BUSY);
+    expect(d.devices.size).to.equal(1);
+    const ini = new Initiator(dev.sim);
+    expect((await ini.write(0, new Uint8Array(1024).fill(7))).ok).to.equal(true);
+    expect((await ini.read(0, 2)).data.every((b) => b === 7)).to.equal(true);
+    expect(lines.some((l) => /disk0: uio0: serving file\//.test(l))).to.equal(true);
+  });
+
+  it('leaves a device whose subtype has no handler alone, and says so', async () => {
+    const odd = k.addDevice({ name: 'odd', subtype: 'qcow', cfgstring: '/x.qcow2' });
+    k.addDevice({ name: 'fine', subtype: 'ram', cfgstring: '4M' });
+    const d = await startDaemon();
+    expect(d.devices.size).to.equal(1);
+    expect(odd.actions).to.deep.equal([]);
+    expect(lines.some((l) => /odd: uio0: no handler for subtype "qcow"/.test(l))).to.equal(true);
+  });
+
+  it('answers ADDED_DEVICE and REMOVED_DEVICE with their DONE replies carrying the device id', async () => {
+    const d = await startDaemon();
+    const { dev, done } = await k.added({ name: 'new0', subtype: 'ram', cfgstring: '8M', sizeBytes: 8 << 20 });
+    expect(done).to.deep.equal({ cmd: 4, deviceId: dev.deviceId, status: 0 });
+    const ini = new Initiator(dev.sim);
+    expect((await ini.readCapacity()).capacity!.lastLba).to.equal(BigInt((8 << 20) / 512 - 1));
+    const rm = await k.removed(dev);
+    expect(rm).to.deep.equal({ cmd: 5, deviceId: dev.deviceId, status: 0 });
+    expect(d.devices.size).to.equal(0);
+    expect(d.supervisor.devices.size).to.equal(0);
+    expect(d.netlinkEvents).to.equal(2);
+  });
+
+  it('replies -ENOENT for an unknown subtype and -EINVAL for a bad handler config, and keeps serving', async () => {
+    await startDaemon();
+    const a = await k.added({ name: 'nope', subtype: 'zbc', cfgstring: 'whatever' });
+    expect(a.done.status).to.equal(-ENOENT);
+    const b = await k.added({ name: 'bad', subtype: 'file', cfgstring: join(dir, 'no-such-dir', 'x.img') });
+    expect(b.done.status).to.equal(-EINVAL);
+    expect(lines.some((l) => /bad: uio1: bad configuration/.test(l))).to.equal(true);
+    const c = await k.added({ name: 'ok', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20 });
+    expect(c.done.status).to.equal(0);
+    expect((await new Initiator(c.dev.sim).testUnitReady()).ok).to.equal(true);
+  });
+
+  it('RECONFIG_DEVICE dev_size: DONE 0, CAPACITY DATA HAS CHANGED, new READ CAPACITY', async () => {
+    await startDaemon();
+    const { dev } = await k.added({ name: 'grow', subtype: 'file', cfgstring: join(dir, 'g.img'), sizeBytes: 1 << 20 });
+    const done = await k.reconfig(dev, { what: 'dev_size', devSize: 2n << 20n });
+    expect(done).to.deep.equal({ cmd: 6, deviceId: dev.deviceId, status: 0 });
+    const ini = new Initiator(dev.sim);
+    expect((await ini.testUnitReady()).senseInfo).to.include({ key: 6, asc: 0x2a, ascq: 0x09 });
+    expect((await ini.readCapacity()).capacity!.lastLba).to.equal(BigInt((2 << 20) / 512 - 1));
+    expect(statSync(join(dir, 'g.img')).size).to.equal(2 << 20);
+    expect((await k.reconfig(dev, { what: 'dev_size', devSize: 1000n })).status).to.equal(-EINVAL);
+  });
+
+  it('RECONFIG_DEVICE write_cache shows in the caching mode page; dev_config reopens the handler', async () => {
+    await startDaemon();
+    const { dev } = await k.added({ name: 'wc', subtype: 'file', cfgstring: join(dir, 'one.img'), sizeBytes: 1 << 20 });
+    const ini = new Initiator(dev.sim);
+    expect((await ini.write(0, new Uint8Array(512).fill(1))).ok).to.equal(true);
+    expect((await k.reconfig(dev, { what: 'write_cache', writeCache: false })).status).to.equal(0);
+    await ini.testUnitReady();
+    const ms = await ini.send(cdbModeSense6(0x08), { dataInLength: 0xff });
+    expect(ms.data[4 + ms.data[3] + 2] & 0x04).to.equal(0);
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: `file/${join(dir, 'two.img')}` })).status).to.equal(0);
+    expect((await ini.read(0, 1)).data.every((b) => b === 0)).to.equal(true);
+    expect(statSync(join(dir, 'two.img')).size).to.equal(1 << 20);
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: `file/${join(dir, 'nodir', 'x')}` })).status).to.equal(-EINVAL);
+  });
+
+  it('stops cleanly: commands on the ring are answered, handlers closed', async () => {
+    const d = await startDaemon();
+    const { dev } = await k.added({ name: 's', subtype: 'file', cfgstring: join(dir, 's.img') });
+    const ini = new Initiator(dev.sim);
+    const writes = Array.from({ length: 16 }, (_, i) => ini.write(i, new Uint8Array(512).fill(i)));
+    await d.stop();
+    daemon = undefined;
+    expect((await Promise.all(writes)).every((r) => r.ok)).to.equal(true);
+  });
+});
