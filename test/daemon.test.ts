@@ -29,10 +29,10 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function startDaemon(): Promise<Daemon> {
+  async function startDaemon(level = 4): Promise<Daemon> {
     const registry = new HandlerRegistry();
     await registry.loadBuiltins();
-    const logger = new Logger({ level: 4, stderr: { write: (l: string) => lines.push(l) } });
+    const logger = new Logger({ level, stderr: { write: (l: string) => lines.push(l) } });
     daemon = new Daemon({
       logger, registry, handlerSources: new Map(registry.list().map((h) => [h.subtype, h.subtype])),
       root: k.root, configfsIo: k.configfsIo, openNetlink: k.openNetlink, openUio: k.openUio,
@@ -114,6 +114,22 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
     expect((await ini.read(0, 1)).data.every((b) => b === 0)).to.equal(true);
     expect(statSync(join(dir, 'two.img')).size).to.equal(1 << 20);
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: `file/${join(dir, 'nodir', 'x')}` })).status).to.equal(-EINVAL);
+  });
+
+  it('logs every CDB at log level 5 and none below it', async () => {
+    const d = await startDaemon(5);
+    const { dev } = await k.added({ name: 'loud', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20 });
+    const ini = new Initiator(dev.sim);
+    await ini.write(3, new Uint8Array(512));
+    const cdbLine = () => lines.find((l) => /\[DEBUG_SCSI_CMD\] loud: cmd \d+: CDB 2a 00 00 00 00 03 00 00 01 00/.test(l));
+    for (let i = 0; i < 100 && !cdbLine(); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(cdbLine(), lines.join('')).to.be.a('string');
+    d.supervisor.setLogCdbs(false);
+    await new Promise((r) => setTimeout(r, 20));
+    const before = lines.length;
+    await ini.read(3, 1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(lines.slice(before).some((l) => l.includes('CDB 28'))).to.equal(false);
   });
 
   it('stops cleanly: commands on the ring are answered, handlers closed', async () => {

@@ -3,19 +3,28 @@ import './threadpool.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo.js';
+import { runDaemon } from './daemon-main.js';
 
 const HELP = `tcmu-ts: userspace daemon for the Linux LIO TCM-User (TCMU) backstore
 
 Usage: tcmu-ts [options]
 
 With the target_core_user kernel module loaded, tcmu-ts serves the user
-backstores the kernel offers. Without it (or with --simulate) it starts its
-own kernel simulator, serves simulated LUNs under a built-in verifying load
-and prints live figures once a second.
+backstores the kernel offers (as tcmu-runner does): it adopts the devices
+already present, follows the kernel's netlink events, and answers each
+device's command ring on a thread of its own. Without the module (or with
+--simulate) it starts its own kernel simulator, serves simulated LUNs under
+a built-in verifying load and prints live figures once a second.
 
-Options:
+Options (tcmu-runner's):
   -h, --help              show this help and exit
   -V, --version           print the version and exit
+  -d, --debug             log level 5 (every SCSI command), unless tcmu.conf sets log_level
+      --handler-path <d>  also load handler_* modules from this directory
+  -l, --tcmu-log-dir <d>  log directory (tcmu.conf's log_dir wins; then $TCMU_LOGDIR; default /var/log)
+Options (tcmu-ts):
+      --config <file>     tcmu.conf to read and watch (default /etc/tcmu/tcmu.conf); SIGHUP re-reads it
+Simulated mode:
       --simulate          use the built-in kernel simulator even if TCMU exists
       --duration <s>      stop after this many seconds (default: until Ctrl-C)
       --queue-depth <n>   commands in flight per simulated LUN (default 16)
@@ -51,6 +60,10 @@ async function main(): Promise<number> {
       options: {
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'V' },
+        debug: { type: 'boolean', short: 'd' },
+        'handler-path': { type: 'string' },
+        'tcmu-log-dir': { type: 'string', short: 'l' },
+        config: { type: 'string' },
         simulate: { type: 'boolean' },
         demo: { type: 'boolean' },
         duration: { type: 'string' },
@@ -76,8 +89,11 @@ async function main(): Promise<number> {
   }
   const haveTcmu = existsSync('/sys/module/target_core_user');
   if (haveTcmu && !args.simulate && !args.demo) {
-    process.stderr.write('tcmu-ts: target_core_user is loaded, but serving real devices needs the control plane, which this build does not have yet; use --simulate\n');
-    return 1;
+    return runDaemon({
+      cli: { debug: args.debug, logDir: args['tcmu-log-dir'] },
+      handlerPath: args['handler-path'],
+      configPath: args.config,
+    });
   }
   if (!haveTcmu) process.stderr.write('tcmu-ts: target_core_user is not loaded here: serving simulated LUNs (see --help)\n');
   const ioSize = positive('io-size', args['io-size'], 4096, 8 << 20);

@@ -50,7 +50,12 @@ export class Daemon {
 
   constructor(private readonly o: DaemonOptions) {
     this.supervisor = o.supervisor ?? new Supervisor({
-      log: (level, dev, msg) => o.logger.forDevice(dev)[level](msg),
+      log: (level, dev, msg) => {
+        const l = o.logger.forDevice(dev);
+        if (level === 'scsi') l.debugScsiCmd(msg);
+        else l[level](msg);
+      },
+      logCdbs: o.logger.level >= 5,
     });
   }
 

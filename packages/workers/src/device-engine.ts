@@ -26,6 +26,7 @@ const CLS_OTHER = 3;
 const WAIT_SLICE_MS = 200;
 
 export interface EngineLog {
+  scsi(msg: string): void;
   debug(msg: string): void;
   info(msg: string): void;
   warn(msg: string): void;
@@ -51,6 +52,8 @@ export class DeviceEngine {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private broken = false;
+  /** tcmu-runner's log level 5: a line per CDB. */
+  logCdbs = false;
   /** Reported once, to the next command that is not exempt from unit attentions. */
   private unitAttention: ScsiError | null = null;
   /** Ids a TMR asked about; they are still completed (the kernel waits for them), but logged. */
@@ -155,6 +158,7 @@ export class DeviceEngine {
   private dispatch(cmd: RingCommand): void {
     const start = performance.now();
     this.inFlight++;
+    if (this.logCdbs) this.o.log.scsi(`cmd ${cmd.cmdId}: CDB ${hex(cmd.cdb)}, ${cmd.dataLength} data bytes in ${cmd.iovs.length} iovec(s)`);
     if (this.unitAttention && !UA_EXEMPT.has(cmd.cdb[0])) {
       const ua = this.unitAttention;
       this.unitAttention = null;
@@ -307,6 +311,12 @@ export class DeviceEngine {
 
 /** SAM-5: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit attention. */
 const UA_EXEMPT = new Set([0x12, 0xa0, 0x03]);
+
+function hex(b: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < b.length; i++) s += (i ? ' ' : '') + b[i].toString(16).padStart(2, '0');
+  return s;
+}
 
 function isReadWrite(op: number): boolean {
   return op === 0x28 || op === 0x2a || op === 0x88 || op === 0x8a || op === 0x08 || op === 0x0a || op === 0xa8 || op === 0xaa;

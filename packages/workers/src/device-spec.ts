@@ -28,6 +28,9 @@ export interface DeviceSpec {
   readonly ring: RingEndpoint;
 }
 
+/** 'scsi' is tcmu-runner's level 5: one line per SCSI command. */
+export type LogLevelName = 'scsi' | 'debug' | 'info' | 'warn' | 'error';
+
 /** Messages a device worker posts to the supervisor. */
 export type WorkerEvent =
   | { type: 'ready'; numLbas: number }
@@ -35,9 +38,10 @@ export type WorkerEvent =
   | { type: 'ring-broken'; reason: string }
   | { type: 'reconfig-done'; id: number; errno: number; reason?: string }
   | { type: 'stopped' }
-  | { type: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; msg: string };
+  | { type: 'log'; level: LogLevelName; msg: string };
 
 /** Messages the supervisor posts to a device worker. */
 export type SupervisorCommand =
   | { type: 'stop' }
+  | { type: 'log-cdbs'; enabled: boolean }
   | { type: 'reconfig'; id: number; numLbas?: number; writeCache?: boolean };

@@ -15,12 +15,14 @@ interface WorkerInput {
   spec: DeviceSpec;
   counters: SharedArrayBuffer;
   reopen: boolean;
+  logCdbs: boolean;
 }
 
 const port = parentPort!;
-const { spec, counters, reopen } = workerData as WorkerInput;
+const { spec, counters, reopen, logCdbs } = workerData as WorkerInput;
 const post = (e: WorkerEvent) => port.postMessage(e);
 const log = {
+  scsi: (msg: string) => post({ type: 'log', level: 'scsi', msg }),
   debug: (msg: string) => post({ type: 'log', level: 'debug', msg }),
   info: (msg: string) => post({ type: 'log', level: 'info', msg }),
   warn: (msg: string) => post({ type: 'log', level: 'warn', msg }),
@@ -60,8 +62,12 @@ async function main(): Promise<void> {
     log,
     onRingBroken: (reason) => post({ type: 'ring-broken', reason }),
   });
+  engine.logCdbs = logCdbs;
   port.on('message', (m: SupervisorCommand) => {
     switch (m.type) {
+      case 'log-cdbs':
+        engine.logCdbs = m.enabled;
+        break;
       case 'stop':
         engine.stop();
         break;

@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
-import type { DeviceSpec, RingEndpoint, SupervisorCommand, WorkerEvent } from './device-spec.js';
+import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WorkerEvent } from './device-spec.js';
 
 /** The kernel side of one device: a real UIO/configfs device or the simulator. */
 export interface DeviceBackend {
@@ -33,7 +33,7 @@ export interface ManagedDevice {
 }
 
 export interface SupervisorLog {
-  (level: 'debug' | 'info' | 'warn' | 'error', device: string, msg: string): void;
+  (level: LogLevelName, device: string, msg: string): void;
 }
 
 export interface SupervisorOptions {
@@ -41,6 +41,8 @@ export interface SupervisorOptions {
   /** More restarts than this inside `restartWindowMs` mark the device failed. */
   maxRestarts?: number;
   restartWindowMs?: number;
+  /** Log every CDB (tcmu-runner's log level 5); costs a message per command. */
+  logCdbs?: boolean;
 }
 
 export class DeviceOpenError extends Error {
@@ -60,14 +62,16 @@ export class Supervisor extends EventEmitter {
   private readonly restartTimes = new Map<string, number[]>();
   workerRestarts = 0;
   private nextReconfigId = 1;
+  private logCdbs: boolean;
 
   constructor(opts: SupervisorOptions = {}) {
     super();
     this.log = opts.log ?? ((level, dev, msg) => {
-      if (level !== 'debug') process.stderr.write(`${dev}: ${msg}\n`);
+      if (level !== 'debug' && level !== 'scsi') process.stderr.write(`${dev}: ${msg}\n`);
     });
     this.maxRestarts = opts.maxRestarts ?? 5;
     this.restartWindowMs = opts.restartWindowMs ?? 60_000;
+    this.logCdbs = opts.logCdbs ?? false;
   }
 
   /** Start a worker for the device; resolves once the handler has opened it. */
@@ -157,13 +161,19 @@ export class Supervisor extends EventEmitter {
     }
   }
 
+  /** Turn per-command logging on or off in every worker (log level 5 and back). */
+  setLogCdbs(enabled: boolean): void {
+    this.logCdbs = enabled;
+    for (const dev of this.devices.values()) this.send(dev, { type: 'log-cdbs', enabled });
+  }
+
   private send(dev: ManagedDevice, cmd: SupervisorCommand): void {
     dev.worker?.postMessage(cmd);
   }
 
   private startWorker(dev: ManagedDevice, reopen: boolean): Promise<void> {
     const spec = { ...dev.spec, numLbas: dev.numLbas };
-    const worker = new Worker(WORKER_URL, { workerData: { spec, counters: dev.counters, reopen }, stdout: false, stderr: false });
+    const worker = new Worker(WORKER_URL, { workerData: { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs }, stdout: false, stderr: false });
     dev.worker = worker;
     return new Promise<void>((resolve, reject) => {
       let settled = false;
