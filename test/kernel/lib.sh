@@ -48,3 +48,55 @@ tk_finish() {
   [ "$TK_FAILED" = 0 ] && exit 0
   exit $(( TK_FAILED > 100 ? 100 : TK_FAILED ))
 }
+
+# ---- LIO helpers (configfs), for scenarios that put a handler behind tcm_loop
+
+# tk_uio_of DEV: print uioN whose name is tcm-user/<hba>/DEV/...
+tk_uio_of() {
+  local d n
+  for d in /sys/class/uio/uio*; do
+    [ -e "$d/name" ] || continue
+    read -r n <"$d/name"
+    [[ $n == tcm-user/*/"$1"/* ]] && { printf '%s' "${d##*/}"; return 0; }
+  done
+  return 1
+}
+# tk_pid_has_uio PID [uioN]: PID has /dev/uioN (any uio if not given) open
+tk_pid_has_uio() {
+  local f u
+  for f in /proc/$1/fd/*; do
+    for u in /dev/${2:-uio*}; do [[ $f -ef $u ]] && return 0; done   # -ef: same inode, no fork
+  done
+  return 1
+}
+# tk_user_dev DIR CONFIG SIZE [KEY=VALUE ...]: create and enable a user backstore,
+# e.g. tk_user_dev $CFG/core/user_0/dev0 file//tmp/x 67108864 max_data_area_mb=64
+tk_user_dev() {
+  local dir=$1 cfg=$2 size=$3 kv; shift 3
+  mkdir -p "$dir" || return 1
+  tk_put "$dir/control" "dev_config=$cfg" || return 1
+  tk_put "$dir/control" "dev_size=$size" || return 1
+  for kv in "$@"; do tk_put "$dir/control" "$kv" || return 1; done
+  tk_put "$dir/enable" 1
+}
+# tk_loop_export DEVDIR WWN [INITIATOR_WWN]: export DEVDIR as LUN 0 of a tcm_loop
+# target port (tpgt_1); waits up to 15 s for its disk and prints its name (sdX)
+tk_loop_export() {
+  local dev=$1 wwn=$2 iwwn=${3:-naa.50014059999999ff} tpg addr
+  tpg=$CFG/loopback/$wwn/tpgt_1
+  mkdir -p "$tpg/lun/lun_0" || return 1
+  tk_put "$tpg/nexus" "$iwwn" || return 1
+  ln -s "$dev" "$tpg/lun/lun_0/${dev##*/}_port" || return 1
+  read -r addr <"$tpg/address" || return 1   # host:channel:target of the nexus
+  _tk_sd_at() { local b; for b in /sys/class/scsi_device/"$addr":0/device/block/*; do [ -b "/dev/${b##*/}" ] && { printf '%s' "${b##*/}"; return 0; }; done; return 1; }
+  tk_wait 15 _tk_sd_at >/dev/null && _tk_sd_at
+}
+# tk_loop_remove WWN: undo tk_loop_export in the order the kernel needs
+# (unlink the LUN, drop the nexus, then the directories)
+tk_loop_remove() {
+  local tpg=$CFG/loopback/$1/tpgt_1 l rc=0
+  for l in "$tpg"/lun/lun_0/*_port; do [ -L "$l" ] && { rm -f "$l" || rc=1; }; done
+  [ -e "$tpg/nexus" ] && { tk_put "$tpg/nexus" NULL || rc=1; }
+  rmdir "$tpg/lun/lun_0" "$tpg" "$CFG/loopback/$1" || rc=1
+  return $rc
+}

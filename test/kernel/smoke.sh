@@ -26,29 +26,13 @@ for m in configfs target_core_mod target_core_user uio tcm_loop iscsi_target_mod
 done
 tk_check "configfs target dir" test -d "$CFG/core"
 
-uio_of() { # dev name -> uioN whose name ends in /<dev>/...
-  local d n
-  for d in /sys/class/uio/uio*; do
-    [ -e "$d/name" ] || continue
-    read -r n <"$d/name"
-    [[ $n == tcm-user/*/"$1"/* ]] && { printf '%s' "${d##*/}"; return 0; }
-  done
-  return 1
-}
-
 # ---- A. backstore without a daemon
-mkdir -p "$HBA/dev0" || tk_fail "mkdir $HBA/dev0"
-tk_put "$HBA/dev0/control" "dev_config=file//tmp/x" &&
-tk_put "$HBA/dev0/control" "dev_size=$SIZE" &&
-tk_put "$HBA/dev0/control" "max_data_area_mb=64"
-tk_check "A control accepted" test $? = 0
 t0=$EPOCHREALTIME
-tk_put "$HBA/dev0/enable" 1; rc=$?
-tk_timing A_enable_write "$(tk_since "$t0")"
-tk_eq "A enable" 0 "$rc"
-if tk_wait 5 uio_of dev0 >/dev/null; then
+tk_user_dev "$HBA/dev0" file//tmp/x $SIZE max_data_area_mb=64; tk_eq "A create + enable dev0" 0 $?
+tk_timing A_create_enable "$(tk_since "$t0")"
+if tk_wait 5 tk_uio_of dev0 >/dev/null; then
   tk_timing A_enable_to_uio "$(tk_since "$t0")"
-  U=$(uio_of dev0)
+  U=$(tk_uio_of dev0)
   read -r name <"/sys/class/uio/$U/name"
   read -r map <"/sys/class/uio/$U/maps/map0/size"
   tk_match "A uio name" '^tcm-user/[0-9]+/dev0/file//tmp/x$' "$name"
@@ -85,29 +69,18 @@ fi
 tk_check "B tcmu-runner running" kill -0 $RUNNER
 
 truncate -s $SIZE /tmp/disk.raw
-mkdir -p "$HBA/dev1"
-tk_put "$HBA/dev1/control" "dev_config=qcow//tmp/disk.raw" &&
-tk_put "$HBA/dev1/control" "dev_size=$SIZE" &&
-tk_put "$HBA/dev1/control" "max_data_area_mb=64"
-tk_check "B control accepted" test $? = 0
 t0=$EPOCHREALTIME
-tk_put "$HBA/dev1/enable" 1; tk_eq "B enable" 0 $?
-tk_timing B_enable_write "$(tk_since "$t0")"
-runner_has_uio() { local f; for f in /proc/$RUNNER/fd/*; do [[ $(readlink "$f") == /dev/uio* ]] && return 0; done; return 1; }
-if tk_wait 10 runner_has_uio; then
+tk_user_dev "$HBA/dev1" qcow//tmp/disk.raw $SIZE max_data_area_mb=64; tk_eq "B create + enable dev1" 0 $?
+tk_timing B_create_enable "$(tk_since "$t0")"
+if tk_wait 10 tk_pid_has_uio $RUNNER; then
   tk_timing B_enable_to_runner_open "$(tk_since "$t0")"; tk_pass "B tcmu-runner opened the uio device"
 else
   tk_fail "B tcmu-runner opened the uio device"
 fi
 
-mkdir -p "$LOOP/$WWN/tpgt_1/lun/lun_0"; tk_eq "B tcm_loop tpg+lun" 0 $?
-tk_put "$LOOP/$WWN/tpgt_1/nexus" "$IWWN"; tk_eq "B tcm_loop nexus" 0 $?
-find_sd() { local d v; for d in /sys/block/sd*; do [ -r "$d/device/vendor" ] || continue; read -r v <"$d/device/vendor"; [ "$v" = LIO-ORG ] && { printf '%s' "${d##*/}"; return 0; }; done; return 1; }
 t0=$EPOCHREALTIME
-ln -s "$HBA/dev1" "$LOOP/$WWN/tpgt_1/lun/lun_0/tcmu_port"; tk_eq "B link LUN" 0 $?
-tk_timing B_link_lun "$(tk_since "$t0")"
-if tk_wait 15 find_sd >/dev/null && SD=$(find_sd) && tk_wait 5 test -b "/dev/$SD"; then
-  tk_timing B_link_to_blockdev "$(tk_since "$t0")"
+if SD=$(tk_loop_export "$HBA/dev1" $WWN $IWWN) && [ -n "$SD" ]; then
+  tk_timing B_export_to_blockdev "$(tk_since "$t0")"
   tk_pass "B /dev/$SD appeared"
   out=$(sg_inq "/dev/$SD" 2>&1); rc=$?
   printf '%s\n' "$out" | sed 's/^/  sg_inq: /' | head -20
@@ -127,14 +100,13 @@ if tk_wait 15 find_sd >/dev/null && SD=$(find_sd) && tk_wait 5 test -b "/dev/$SD
   tk_check "B backing file has the data" cmp -s /tmp/pat <(dd if=/tmp/disk.raw bs=1M skip=4 count=1 status=none)
   tk_check "B read back through the disk" cmp -s /tmp/pat <(dd if="/dev/$SD" bs=1M skip=4 count=1 iflag=direct status=none)
 else
-  tk_fail "B /dev/sdX appeared" "no LIO-ORG disk within 15 s of linking the LUN"
+  tk_fail "B /dev/sdX appeared" "no disk within 15 s of linking the LUN (tcm_loop)"
 fi
 
 # ---- C. teardown: LUN link, nexus, lun dir, tpg, wwn, device, hba, daemon
 t0=$EPOCHREALTIME
-rm -f "$LOOP/$WWN/tpgt_1/lun/lun_0/tcmu_port"; tk_eq "C unlink LUN" 0 $?
-tk_put "$LOOP/$WWN/tpgt_1/nexus" NULL; tk_eq "C drop nexus" 0 $?
-rmdir "$LOOP/$WWN/tpgt_1/lun/lun_0" "$LOOP/$WWN/tpgt_1" "$LOOP/$WWN"; tk_eq "C rmdir loopback" 0 $?
+tk_loop_remove $WWN; tk_eq "C remove tcm_loop port (unlink LUN, NULL nexus, rmdir)" 0 $?
+tk_check "C loopback gone" test ! -e "$LOOP/$WWN"
 rmdir "$HBA/dev1"; tk_eq "C rmdir dev1" 0 $?
 rmdir "$HBA"; tk_eq "C rmdir hba" 0 $?
 tk_timing C_teardown "$(tk_since "$t0")"
