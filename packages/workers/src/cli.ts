@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from './demo.js';
 import { runDaemon } from './daemon-main.js';
+import { ADMIN_COMMANDS, ADMIN_HELP, runAdmin } from './admin.js';
 
 const HELP = `tcmu-ts: userspace daemon for the Linux LIO TCM-User (TCMU) backstore
 
@@ -33,6 +34,7 @@ Simulated mode:
       --lun-size-mb <n>   size of each simulated LUN in MiB (default 64)
       --no-load           serve the simulated LUNs without the built-in load
 
+${ADMIN_HELP}
 The last line of a simulated run is
   summary: <n> commands, <x> IOPS, <e> errors, <v> verify failures
 and the exit status is 1 when there were errors or verify failures.
@@ -54,6 +56,10 @@ function positive(name: string, v: string | undefined, dflt: number, max = Numbe
 }
 
 async function main(): Promise<number> {
+  const argv = process.argv.slice(2);
+  if (argv.length && ADMIN_COMMANDS.includes(argv[0])) {
+    return runAdmin(argv, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) });
+  }
   let args;
   try {
     args = parseArgs({
