@@ -252,12 +252,27 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
     const own = await p.event('own');
     expect(own.ok).to.equal(false);
     expect(String(own.error)).to.contain('org.freedesktop.DBus.Error.AccessDenied');
+    // As nobody: RequestName of the service name, then a RegisterHandler call with no interface field
+    // (the policy's allow rules all name an interface, and dbus-daemon never matches those without one).
     const script =
       "import dbus from 'dbus-next';" +
       'const b = dbus.sessionBus({ busAddress: process.argv[1] });' +
-      "b.on('connect', async () => { try { console.log(await b.requestName(process.argv[2], 4)); } catch (e) { console.log(e.type); } b.disconnect(); });";
-    const r = await run(AS_NOBODY[0], [...AS_NOBODY.slice(1), process.execPath, '--input-type=module', '-e', script, bus.address, SERVICE_NAME], { cwd: REPO_ROOT });
-    expect(r.stdout.trim(), r.stderr).to.equal('org.freedesktop.DBus.Error.AccessDenied');
+      "const t = (p) => p.then((r) => console.log('ok', JSON.stringify(r.body ?? r)), (e) => console.log(e.type));" +
+      "b.on('connect', async () => {" +
+      '  await t(b.requestName(process.argv[2], 4));' +
+      "  await t(b.call(new dbus.Message({ destination: process.argv[2], path: process.argv[3], member: 'RegisterHandler', signature: 'ss', body: ['x', 'y'] })));" +
+      '  b.disconnect();' +
+      '});';
+    const r = await run(AS_NOBODY[0], [...AS_NOBODY.slice(1), process.execPath, '--input-type=module', '-e', script, bus.address, SERVICE_NAME, MANAGER_PATH], { cwd: REPO_ROOT });
+    expect(r.stdout.trim().split('\n'), r.stderr).to.deep.equal(['org.freedesktop.DBus.Error.AccessDenied', 'org.freedesktop.DBus.Error.AccessDenied']);
+    expect(registry.has('x')).to.equal(false);
+    // The same script as root gets past the bus: the name is taken (3 = EXISTS), and the service itself
+    // answers the interface-less call (dbus-next dispatches by interface and refuses it).
+    const asRoot = await run(process.execPath, ['--input-type=module', '-e', script, bus.address, SERVICE_NAME, MANAGER_PATH], { cwd: REPO_ROOT });
+    const lines = asRoot.stdout.trim().split('\n');
+    expect(lines[0], asRoot.stderr).to.equal('ok 3');
+    expect(lines[1]).to.not.equal('org.freedesktop.DBus.Error.AccessDenied');
+    expect(registry.has('x')).to.equal(false);
   });
 
   it('registers a handler served by another process, forwards CheckConfig to it, and drops it when the process exits', async () => {

@@ -487,9 +487,12 @@ class TcmuDbusService implements DbusService {
     if (this.closed) return Promise.reject(new DBusError('org.freedesktop.DBus.Error.Disconnected', 'the DBus service is closed'));
     return new Promise((resolve, reject) => {
       const done = () => { clearTimeout(timer); this.inFlight.delete(abort); };
-      const abort = (why: string) => { done(); reject(new DBusError('org.freedesktop.DBus.Error.Disconnected', why)); };
+      // dbus-next keeps a reply handler per serial until a reply comes; drop it when we give up.
+      const forget = () => { delete (this.bus as unknown as { _methodReturnHandlers: Record<number, unknown> })._methodReturnHandlers[msg.serial!]; };
+      const abort = (why: string) => { done(); forget(); reject(new DBusError('org.freedesktop.DBus.Error.Disconnected', why)); };
       const timer = setTimeout(() => {
         done();
+        forget();
         reject(new DBusError('org.freedesktop.DBus.Error.NoReply', `no reply from ${msg.destination} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.inFlight.add(abort);
