@@ -130,7 +130,11 @@ export type SimTaskState = 'qfull' | 'ring' | 'expired' | 'kept' | 'done';
 /** A submitted command, for callers that need to refer to it before it completes (e.g. to abort it). */
 export interface SimTask {
   readonly tag: number;
-  /** Ring id while on the ring (also after expiry / with a kept buffer); 0 while waiting in the qfull queue. */
+  /**
+   * Ring cmd_id while the kernel holds one for it (on the ring, expired but unanswered, or
+   * answered with KEEP_BUF); 0 while it waits in the qfull queue and once it is done
+   * (SimResult.cmdId keeps the last one).
+   */
   readonly cmdId: number;
   readonly state: SimTaskState;
   readonly result: Promise<SimResult>;
@@ -187,6 +191,9 @@ const MB_CMDR_MAX_MB = 8; // MB_CMDR_SIZE_DEF: mailbox + ring never exceed 8 MiB
 const GLOBAL_MAX_DATA_AREA_MB = 2048; // default global_max_data_area_mb (512K pages)
 const TCMU_TIME_OUT_MS = 30_000;
 const MAX_CMD_ID = 0xffff;
+// A poll in flight holds a libuv pool thread; returning now and then lets queued pool work
+// (file I/O, other pollers) through even when the pool is small.
+const KICK_POLL_SLICE_MS = 200;
 const DEFAULT_FLAGS = MailboxFlag.CAP_OOOC | MailboxFlag.CAP_READ_LEN | MailboxFlag.CAP_TMR | MailboxFlag.CAP_KEEP_BUF;
 
 const LUCF_SENSE = () => fixedSense(SenseKey.NOT_READY, 0x08, 0x00); // LOGICAL UNIT COMMUNICATION FAILURE
@@ -296,7 +303,6 @@ export class KernelSimulator {
   private readonly bitmap: Uint32Array;
   private blocksUsed = 0;
   private dbiThresh = 0;
-  private dbiMax = 0;
   private readonly commands = new Map<number, Command>();
   private idHint = 1; // every id below it is taken: allocation is lowest-free like xa_alloc
   private readonly inflight = new Set<Command>(); // insertion order = queue order, like the kernel's list
@@ -770,7 +776,6 @@ export class KernelSimulator {
       if (dbi < 0) return -1;
       this.bitmap[dbi >>> 5] |= 1 << (dbi & 31);
       this.blocksUsed++;
-      if (dbi > this.dbiMax) this.dbiMax = dbi;
       cmd.dbi[cmd.dbiCur++] = dbi;
       if (dbi !== prev + 1) iovs++;
       prev = dbi;
@@ -1106,7 +1111,7 @@ export class KernelSimulator {
     while (!this.closed) {
       let rev: number;
       try {
-        rev = await pollIn(this.kernelFd, 1000);
+        rev = await pollIn(this.kernelFd, KICK_POLL_SLICE_MS);
       } catch {
         return;
       }
