@@ -425,14 +425,27 @@ describe('DBus service: bus set-up', function () {
     expect(err!.message).to.contain('cannot connect to the DBus bus at unix:path=/nonexistent/tcmu-ts-bus');
   });
 
-  it('tells the daemon when the bus goes away', async () => {
+  it('tells the daemon when the bus goes away, and frees the subtypes of external handlers', async () => {
     const bus = await startTestBus();
     let gone: (() => void) | undefined;
     const disconnected = new Promise<void>((r) => { gone = r; });
-    const service = await startDbusService({ registry: new HandlerRegistry(), busAddress: bus.address, onDisconnected: () => gone!(), log: () => {} });
-    await bus.stop();
-    await disconnected;
-    await service.close();
+    const registry = new HandlerRegistry();
+    const events: ExternalHandlerEvent[] = [];
+    const service = await startDbusService({
+      registry, busAddress: bus.address, onDisconnected: () => gone!(), log: () => {}, onExternalHandler: (e) => events.push(e),
+    });
+    const p = new ExternalProcess(bus.address, 'extgone', 'desc');
+    try {
+      expect((await p.event('registered')).reply).to.deep.equal([true, 'succeeded']);
+      expect(registry.has('extgone')).to.equal(true);
+      await bus.stop();
+      await disconnected;
+      expect(registry.has('extgone')).to.equal(false);
+      expect(events.map((e) => `${e.kind} ${e.handler.subtype} ${e.reason ?? ''}`)).to.deep.equal(['added extgone ', 'removed extgone stopped']);
+      await service.close();
+    } finally {
+      await p.kill();
+    }
   });
 
   it('is started by dbus-daemon through the packaged activation file', async () => {

@@ -84,7 +84,7 @@ export interface ExternalHandlerEvent {
   /**
    * Why it was removed: its owner released the name or left the bus
    * ('vanished'), UnregisterHandler or a registry change ('unregistered'),
-   * or the service stopped ('stopped').
+   * or the service stopped or lost the bus ('stopped').
    */
   readonly reason?: 'vanished' | 'unregistered' | 'stopped';
 }
@@ -254,8 +254,11 @@ class TcmuDbusService implements DbusService {
   private connectionLost(e?: Error): void {
     if (this.closed) return;
     this.closed = true;
+    this.announce = false;
     this.abortCalls(e?.message ?? 'the bus closed the connection');
     this.log('error', `connection to ${this.busAddress} lost${e ? `: ${e.message}` : ''}`);
+    // Their owners can no longer be watched nor reached: free the subtypes.
+    for (const ext of [...this.externals.values()]) this.dropExternal(ext, 'stopped');
     this.opts.onDisconnected?.(e);
   }
 
