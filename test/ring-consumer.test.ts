@@ -149,6 +149,21 @@ describe('ring consumer', () => {
     expect(r.tail()).to.equal(r.head);
   });
 
+  it('refuses a second completion of the same id and one for an id never read', () => {
+    const r = new HandRing();
+    r.cmd(5, READ10, []); r.cmd(6, READ10, []);
+    r.publish();
+    const c = new RingConsumer(r.buf);
+    drain(c);
+    c.complete(5, 0);
+    const tail = r.tail();
+    expect(() => c.complete(5, 0)).to.throw(/not outstanding/);
+    expect(() => c.complete(9, 0)).to.throw(/not outstanding/);
+    expect(r.tail()).to.equal(tail);
+    c.complete(6, 0);
+    expect(r.tail()).to.equal(r.head);
+  });
+
   it('refuses a completion with nothing outstanding', () => {
     const r = new HandRing();
     const c = new RingConsumer(r.buf);

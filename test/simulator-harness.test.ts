@@ -168,6 +168,30 @@ export class RamBackend {
     else this.consumer.complete(cmdId, a.status, a.opts);
   }
 
+  /**
+   * Write a completion the consumer would refuse (an id answered twice, or
+   * one never handed out) straight into the entry at the mailbox tail, to see
+   * what the kernel does with a misbehaving daemon.
+   */
+  forgeCompletion(cmdId: number, status: number): void {
+    const dv = new DataView(this.sim.map);
+    const u32 = new Uint32Array(this.sim.map, 0, Mailbox.SIZE / 4);
+    const cmdrOff = dv.getUint32(Mailbox.CMDR_OFF, true);
+    const size = dv.getUint32(Mailbox.CMDR_SIZE, true);
+    let tail = Atomics.load(u32, Mailbox.CMD_TAIL / 4);
+    for (;;) {
+      const lo = dv.getUint32(cmdrOff + tail + EntryHdr.LEN_OP, true);
+      if (entryOp(lo) === EntryOp.CMD) {
+        dv.setUint16(cmdrOff + tail + EntryHdr.CMD_ID, cmdId, true);
+        dv.setUint8(cmdrOff + tail + EntryHdr.UFLAGS, 0);
+        dv.setUint8(cmdrOff + tail + 8, status);
+        Atomics.store(u32, Mailbox.CMD_TAIL / 4, (tail + entryLen(lo)) % size);
+        return;
+      }
+      tail = (tail + entryLen(lo)) % size;
+    }
+  }
+
   /** Write a kick on the uio fd, as a daemon does after a batch of completions. */
   kick(): void {
     writeEvent(this.sim.endpoint.eventFd, 1);

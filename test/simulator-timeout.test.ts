@@ -175,7 +175,7 @@ describe('kernel simulator: KEEP_BUF and free_kept_buf', () => {
     sim.processKicks();
     await t.result;
     // Userspace answers the kept id again in the slot of the other command.
-    be.complete(c1.cmdId, { status: 0 });
+    be.forgeCompletion(c1.cmdId, 0);
     be.kick();
     sim.processKicks();
     expect(sim.isBroken).to.equal(true);
@@ -238,7 +238,7 @@ describe('kernel simulator: broken ring and reset_ring', () => {
   it('marks the ring broken on a completion for an unknown id and stops reaping', async () => {
     const ts = [0, 1, 2].map((i) => sim.start(cdbRead10(i, 1), { dataInLength: 512 }));
     const cmds = be.takeCommands();
-    be.complete(999, { status: 0 });
+    be.forgeCompletion(999, 0);
     be.complete(cmds[1].cmdId, { status: 0 });
     be.kick();
     sim.processKicks();

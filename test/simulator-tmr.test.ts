@@ -163,7 +163,7 @@ describe('kernel simulator: task management', () => {
   it('drops the TMR on a broken ring', async () => {
     const t = sim.start(cdbRead10(0, 1), { dataInLength: 512 });
     be.takeCommands();
-    be.complete(4242, { status: 0 });
+    be.forgeCompletion(4242, 0);
     be.kick();
     sim.processKicks();
     expect(sim.isBroken).to.equal(true);

@@ -92,6 +92,8 @@ export class RingConsumer {
   private readPos: number;
   /** Commands read but not yet completed: the tail may only pass this many CMD entries. */
   private unanswered = 0;
+  /** 1 for each id read and not yet answered: a second completion of an id would break the kernel's ring for good. */
+  private readonly outstanding = new Uint8Array(0x10000);
 
   constructor(map: ArrayBuffer) {
     this.mapSize = map.byteLength;
@@ -163,7 +165,11 @@ export class RingConsumer {
         return { kind: 'malformed', cmdId: 0, reason: 'bad-opcode', detail: `opcode ${op}`, at };
       }
       const cmdId = this.dv.getUint16(base + EntryHdr.CMD_ID, true);
+      // Id 0 can never be answered (the kernel would call its ring broken), and it would hold the tail back forever.
+      if (cmdId === 0) throw new RingBrokenError(`CMD entry at ring offset ${at} has cmd_id 0`);
+      if (this.outstanding[cmdId] === 1) throw new RingBrokenError(`CMD entry at ring offset ${at} reuses in-flight cmd_id ${cmdId}`);
       this.unanswered++; // even malformed commands need their completion to move the tail
+      this.outstanding[cmdId] = 1;
       return this.parseCmd(base, len, at, cmdId);
     }
     return null;
@@ -230,6 +236,7 @@ export class RingConsumer {
    */
   complete(cmdId: number, status: number, opts?: CompletionOptions): void {
     if (this.unanswered === 0) throw new Error(`completion of cmd ${cmdId} with no command outstanding`);
+    if (this.outstanding[cmdId] !== 1) throw new Error(`completion of cmd ${cmdId}, which is not outstanding (answered twice, or never read)`);
     let tail = this.tail();
     for (;;) {
       const base = this.cmdrOff + tail;
@@ -245,6 +252,7 @@ export class RingConsumer {
       if (tail === this.readPos) throw new RingBrokenError('no unanswered command entry between tail and the read position');
     }
     this.unanswered--;
+    this.outstanding[cmdId] = 0;
     // Skip PAD/TMR entries that follow once nothing is left to answer, so the kernel can reclaim them.
     if (this.unanswered === 0) tail = this.readPos;
     Atomics.store(this.u32, Mailbox.CMD_TAIL / 4, tail);
@@ -281,6 +289,7 @@ export class RingConsumer {
   resync(): void {
     this.readPos = this.tail();
     this.unanswered = 0;
+    this.outstanding.fill(0);
   }
 
   /** A view on the map (no copy) for one iovec. */

@@ -26,7 +26,8 @@ const CLS_OTHER = 3;
 const WAIT_SLICE_MS = 200;
 
 export interface EngineLog {
-  scsi(msg: string): void;
+  /** tcmu-runner log level 5 (one line per CDB); optional for embedders that never turn it on. */
+  scsi?(msg: string): void;
   debug(msg: string): void;
   info(msg: string): void;
   warn(msg: string): void;
@@ -158,7 +159,7 @@ export class DeviceEngine {
   private dispatch(cmd: RingCommand): void {
     const start = performance.now();
     this.inFlight++;
-    if (this.logCdbs) this.o.log.scsi(`cmd ${cmd.cmdId}: CDB ${hex(cmd.cdb)}, ${cmd.dataLength} data bytes in ${cmd.iovs.length} iovec(s)`);
+    if (this.logCdbs) this.o.log.scsi?.(`cmd ${cmd.cmdId}: CDB ${hex(cmd.cdb)}, ${cmd.dataLength} data bytes in ${cmd.iovs.length} iovec(s)`);
     if (this.unitAttention && !UA_EXEMPT.has(cmd.cdb[0])) {
       const ua = this.unitAttention;
       this.unitAttention = null;
