@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { runDemo } from './demo.js';
 import { runDaemon } from './daemon-main.js';
 import { ADMIN_COMMANDS, ADMIN_HELP, runAdmin } from './admin.js';
+import { startDbusService, DbusServiceError } from './dbus/service.js';
 
 const HELP = `tcmu-ts: userspace daemon for the Linux LIO TCM-User (TCMU) backstore
 
@@ -25,6 +26,8 @@ Options (tcmu-runner's):
   -l, --tcmu-log-dir <d>  log directory (tcmu.conf's log_dir wins; then $TCMU_LOGDIR; default /var/log)
 Options (tcmu-ts):
       --config <file>     tcmu.conf to read and watch (default /etc/tcmu/tcmu.conf); SIGHUP re-reads it
+      --no-dbus           do not own org.kernel.TCMUService1 on the system bus
+                          (honours DBUS_SYSTEM_BUS_ADDRESS)
 Simulated mode:
       --simulate          use the built-in kernel simulator even if TCMU exists
       --duration <s>      stop after this many seconds (default: until Ctrl-C)
@@ -70,6 +73,7 @@ async function main(): Promise<number> {
         'handler-path': { type: 'string' },
         'tcmu-log-dir': { type: 'string', short: 'l' },
         config: { type: 'string' },
+        'no-dbus': { type: 'boolean' },
         simulate: { type: 'boolean' },
         demo: { type: 'boolean' },
         duration: { type: 'string' },
@@ -99,6 +103,22 @@ async function main(): Promise<number> {
       cli: { debug: args.debug, logDir: args['tcmu-log-dir'] },
       handlerPath: args['handler-path'],
       configPath: args.config,
+      onStarted: async (_daemon, registry, logger) => {
+        if (args['no-dbus']) return;
+        try {
+          const dbus = await startDbusService({
+            registry,
+            log: (level, msg) => logger[level](`dbus: ${msg}`),
+            onExternalHandler: (e) => logger.info(`dbus: handler "${e.handler.subtype}" ${e.kind === 'added' ? `registered by ${e.handler.owner}; its devices are left to that process` : `removed (${e.reason})`}`),
+            onDisconnected: (err) => logger.error(`dbus: lost the system bus${err ? `: ${err.message}` : ''}`),
+          });
+          return () => dbus.close();
+        } catch (e) {
+          if (!(e instanceof DbusServiceError)) throw e;
+          // As tcmu-runner: devices are still served without DBus; only targetcli's checks are lost.
+          logger.error(e.message);
+        }
+      },
     });
   }
   if (!haveTcmu) process.stderr.write('tcmu-ts: target_core_user is not loaded here: serving simulated LUNs (see --help)\n');
