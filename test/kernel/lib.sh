@@ -70,13 +70,22 @@ tk_pid_has_uio() {
   return 1
 }
 # tk_user_dev DIR CONFIG SIZE [KEY=VALUE ...]: create and enable a user backstore,
-# e.g. tk_user_dev $CFG/core/user_0/dev0 file//tmp/x 67108864 max_data_area_mb=64
+# e.g. tk_user_dev $CFG/core/user_0/dev0 file//tmp/x 67108864 max_data_area_mb=64 attrib/cmd_time_out=5
+# KEY=VALUE goes to `control`; attrib/NAME=VALUE to that attrib file (before enable).
+# With nl_reply_supported, the enable write returns after the daemon answered ADDED_DEVICE.
+# A low attrib/cmd_time_out makes a handler that never answers fail fast: linking a
+# LUN blocks in the kernel's INQUIRY/TUR scan for cmd_time_out per command (30 s default).
 tk_user_dev() {
   local dir=$1 cfg=$2 size=$3 kv; shift 3
   mkdir -p "$dir" || return 1
   tk_put "$dir/control" "dev_config=$cfg" || return 1
   tk_put "$dir/control" "dev_size=$size" || return 1
-  for kv in "$@"; do tk_put "$dir/control" "$kv" || return 1; done
+  for kv in "$@"; do
+    case $kv in
+      attrib/*=*) tk_put "$dir/${kv%%=*}" "${kv#*=}" || return 1 ;;
+      *) tk_put "$dir/control" "$kv" || return 1 ;;
+    esac
+  done
   tk_put "$dir/enable" 1
 }
 # tk_loop_export DEVDIR WWN [INITIATOR_WWN]: export DEVDIR as LUN 0 of a tcm_loop

@@ -111,7 +111,7 @@ function printSummary(r) {
   const t = r.timings;
   const out = [];
   out.push(`\n== ${r.scenario}: ${r.verdict.toUpperCase()} (exit ${r.status}), ${r.passed} checks passed, ${r.failed} failed`);
-  out.push(`   kernel ${r.kernel}, node ${r.node}; prepare ${r.prepareSeconds ?? 'skipped'} s, boot+scenario+poweroff ${r.hostWallSeconds} s host wall clock`);
+  out.push(`   kernel ${r.kernel}, node ${r.node}; prepare ${r.prepareSeconds === null ? 'skipped' : `${r.prepareSeconds} s`}, boot+scenario+poweroff ${r.hostWallSeconds} s host wall clock`);
   if (t.kernel_to_stage1 !== undefined) {
     out.push(`   guest uptime: /init ${t.kernel_to_stage1} s, root switched ${t.kernel_to_stage2} s, modules loaded ${t.modules_loaded_at ?? '-'} s, scenario ${t.scenario_start ?? '-'}..${t.scenario_end ?? '-'} s`);
   }
@@ -129,7 +129,7 @@ function toMarkdown(r) {
     `- date: ${r.date}`,
     `- kernel: ${r.kernel} (${r.kernelPackage}), node ${r.node}, qemu TCG (no KVM), 2 vCPUs, 2 GiB`,
     `- exit status: ${r.status}; checks: ${r.passed} passed, ${r.failed} failed`,
-    `- prepare: ${r.prepareSeconds ?? 'skipped'} s; boot + scenario + power-off: ${r.hostWallSeconds} s (host wall clock)`,
+    `- prepare: ${r.prepareSeconds === null ? 'skipped' : `${r.prepareSeconds} s`}; boot + scenario + power-off: ${r.hostWallSeconds} s (host wall clock)`,
     `- logs: \`${r.runDir}/\` (console.log, scenario.log, dmesg.txt)`,
     '',
     '## Timings (seconds; guest uptime for boot phases)',

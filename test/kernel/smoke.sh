@@ -70,7 +70,8 @@ tk_check "B tcmu-runner running" kill -0 $RUNNER
 
 truncate -s $SIZE /tmp/disk.raw
 t0=$EPOCHREALTIME
-tk_user_dev "$HBA/dev1" qcow//tmp/disk.raw $SIZE max_data_area_mb=64; tk_eq "B create + enable dev1" 0 $?
+tk_user_dev "$HBA/dev1" qcow//tmp/disk.raw $SIZE max_data_area_mb=64 attrib/cmd_time_out=10; tk_eq "B create + enable dev1" 0 $?
+read -r v <"$HBA/dev1/attrib/cmd_time_out"; tk_eq "B attrib/cmd_time_out set before enable" 10 "$v"
 tk_timing B_create_enable "$(tk_since "$t0")"
 if tk_wait 10 tk_pid_has_uio $RUNNER; then
   tk_timing B_enable_to_runner_open "$(tk_since "$t0")"; tk_pass "B tcmu-runner opened the uio device"
