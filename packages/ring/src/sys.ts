@@ -117,6 +117,7 @@ export function openFile(path: string, flags: number): number {
   return check(`open(${path})`, c.open(path, flags, 0));
 }
 export const O_RDWR = 0o2;
+export { O_NONBLOCK };
 export const O_CLOEXEC = 0o2000000;
 
 export function closeFd(fd: number): void {
@@ -134,10 +135,14 @@ export function writeEvent(fd: number, value = 1): boolean {
   throw new SysError('write', err);
 }
 
-/** Read one 4-byte event; null when none is pending on a non-blocking fd. */
+const eventIn = new Uint8Array(4);
+/**
+ * Read one 4-byte event; null when none is pending on a non-blocking fd.
+ * Exactly 4 bytes: the UIO driver refuses any other read size with EINVAL.
+ */
 export function readEvent(fd: number): number | null {
-  const buf = new Uint8Array(8);
-  const n = Number(c.read(fd, buf, 8));
+  const buf = eventIn;
+  const n = Number(c.read(fd, buf, 4));
   if (n >= 4) return new DataView(buf.buffer).getUint32(0, true);
   if (n < 0) {
     const err = koffi.errno();

@@ -1,4 +1,4 @@
-import { closeFd, openFile, O_RDWR, O_CLOEXEC } from '@tcmu-ts/ring';
+import { closeFd, openFile, O_RDWR, O_CLOEXEC, O_NONBLOCK } from '@tcmu-ts/ring';
 import type { TcmuConfigfsDevice, UioDevice } from '@tcmu-ts/core';
 import type { RingEndpoint } from './device-spec.js';
 import type { DeviceBackend } from './supervisor.js';
@@ -7,9 +7,13 @@ import type { DeviceBackend } from './supervisor.js';
 export class KernelBackend implements DeviceBackend {
   constructor(readonly endpoint: RingEndpoint & { close?(): void }, readonly configfs: TcmuConfigfsDevice) {}
 
-  /** Opens /dev/uioN once: one fd serves mmap, irq reads and kicks. */
+  /**
+   * Opens /dev/uioN once: one fd serves mmap, irq reads and kicks. Non-blocking,
+   * because the engine reads every pending event after a poll and a blocking
+   * UIO read would wait for the next interrupt.
+   */
   static openUio(uio: UioDevice): RingEndpoint & { close(): void } {
-    const fd = openFile(uio.devPath, O_RDWR | O_CLOEXEC);
+    const fd = openFile(uio.devPath, O_RDWR | O_CLOEXEC | O_NONBLOCK);
     return { mapFd: fd, eventFd: fd, mapSize: uio.mapSize, close: () => closeFd(fd) };
   }
 
