@@ -117,7 +117,25 @@ export interface HandlerDevice {
   readonly log: HandlerLog;
   /** Present when the engine runs over a real or simulated ring. */
   readonly ring?: RingMapInfo;
+  /**
+   * tcmu-runner's per-device `tcmur_cmd_time_out` (seconds; 0 or absent:
+   * off), from the device's dev_config. The engine logs commands that take
+   * longer; a handler may use it to size its own backend timeouts.
+   */
+  readonly cmdTimeOut?: number;
+  /**
+   * Tell the engine the handler lost its lock (tcmu_notify_lock_lost), e.g.
+   * when the backend fenced this node. Call it before failing the command
+   * that found out. Present when the engine runs the device.
+   */
+  readonly notifyLockLost?: () => void;
 }
+
+/** What a handler knows of its lock (tcmu-runner's TCMUR_DEV_LOCK_* as a handler reports them). */
+export type HandlerLockState = 'locked' | 'unlocked' | 'unknown';
+
+/** The tag lock() gets when no ALUA group asked for the lock (implicit failover; TCMU_INVALID_LOCK_TAG). */
+export const NO_LOCK_TAG = 0xffff;
 
 // ---------------------------------------------------------------- IO
 
@@ -215,6 +233,28 @@ export interface DeviceHandler {
   handleCmd?(cmd: RawCommand): Promise<RawResult | undefined>;
   /** Resolve to accept the change; throw (e.g. code 'EOPNOTSUPP') to refuse it. */
   reconfig?(change: ReconfigChange): Promise<void>;
+  /**
+   * Cluster lock API, for handlers whose backing store other nodes may
+   * write too (tcmu-runner's lock/unlock/get_lock_tag/get_lock_state, which
+   * rbd implements). With ALUA groups configured the engine uses it as
+   * tcmu-runner does:
+   *  - implicit failover: the first write takes the lock (NO_LOCK_TAG) while
+   *    the initiator is answered BUSY and retries;
+   *  - explicit failover: SET TARGET PORT GROUPS making the local group
+   *    active/optimized takes the lock with that group's id as tag, standby
+   *    releases it; REPORT TARGET PORT GROUPS shows the group whose tag
+   *    holds the lock as active/optimized and every other group standby, and
+   *    media access without the lock gets NOT READY, TARGET PORT IN STANDBY STATE.
+   * Throw to fail: errno codes ETIMEDOUT, EAGAIN, EBUSY and ESTALE (fenced)
+   * mean "try again later" (BUSY), anything else a failed transition.
+   * Implement all four or none.
+   */
+  lock?(tag: number): Promise<void>;
+  unlock?(): Promise<void>;
+  /** The tag the lock was taken with by whichever node holds it; null when nobody does. */
+  getLockTag?(): Promise<number | null>;
+  /** Whether this node holds the lock right now. */
+  getLockState?(): Promise<HandlerLockState>;
   close(): Promise<void>;
 }
 
@@ -552,8 +592,10 @@ export function makeHandlerDevice(opts: {
   writeCache?: boolean;
   log?: HandlerLog;
   ring?: RingMapInfo;
+  cmdTimeOut?: number;
 }): HandlerDevice {
   return {
+    ...(opts.cmdTimeOut !== undefined ? { cmdTimeOut: opts.cmdTimeOut } : {}),
     name: opts.name ?? 'test',
     cfgstring: opts.cfgstring,
     blockSize: opts.blockSize ?? 512,

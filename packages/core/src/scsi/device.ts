@@ -4,6 +4,8 @@
  * wwn/vpd_unit_serial) and from the handler; the core only reads it, except
  * MODE SELECT, which may flip `writeCache`.
  */
+import type { AluaInfo } from './alua.js';
+
 export interface ScsiDeviceInfo {
   /** Logical block length in bytes. */
   blockSize: number;
@@ -64,6 +66,15 @@ export interface ScsiDeviceInfo {
   tpgs?: number;
   /** When set, added to VPD 83h as a vendor-specific designator (tcmu-runner puts the cfgstring there). */
   vendorSpecificId?: string;
+  /**
+   * D_SENSE in the control mode page may be changed by MODE SELECT (the
+   * engine's devices allow it; the bare core keeps every control bit fixed).
+   */
+  changeableDSense?: boolean;
+  /** EXTENDED COPY / RECEIVE COPY RESULTS offered: sets 3PC in standard INQUIRY. */
+  thirdPartyCopy?: boolean;
+  /** ALUA target port groups from configfs; absent when the device has none (no ALUA). */
+  alua?: AluaInfo;
 }
 
 /** Everything except the two facts that have no sensible default. */

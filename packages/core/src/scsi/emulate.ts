@@ -95,11 +95,23 @@ function emulateSyncCache(cdb: Uint8Array, dev: ScsiDeviceInfo): ScsiOutcome {
  * DESC bit asks for.
  */
 function emulateRequestSense(cdb: Uint8Array): Uint8Array {
+  return requestSenseData(cdb);
+}
+
+/**
+ * REQUEST SENSE parameter data: NO SENSE, or `pending` (e.g. NOT READY,
+ * FORMAT IN PROGRESS with its progress indication while a format runs),
+ * in the format the DESC bit asks for, cut to the allocation length.
+ * Throws ScsiError for a bad CDB.
+ */
+export function requestSenseData(cdb: Uint8Array, pending?: ScsiError): Uint8Array {
   requireClear(cdb, 1, 0xfe);
   requireZeroBytes(cdb, 2, 4);
   checkControlByte(cdb, 6);
   const desc = (cdb[1] & 0x01) !== 0;
-  const data = buildSense(SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE.asc, Asc.NO_ADDITIONAL_SENSE.ascq, { descriptor: desc });
+  const data = pending
+    ? pending.toSense(desc)
+    : buildSense(SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE.asc, Asc.NO_ADDITIONAL_SENSE.ascq, { descriptor: desc });
   return data.subarray(0, Math.min(cdb[4], data.length));
 }
 

@@ -6,3 +6,7 @@ export * from './inquiry.js';
 export * from './capacity.js';
 export * from './mode.js';
 export * from './emulate.js';
+export * from './alua.js';
+export * from './sbc.js';
+export * from './xcopy.js';
+export * from './dispatch.js';

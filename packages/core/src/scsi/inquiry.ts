@@ -9,6 +9,7 @@ import { asciiBytes, be16, put16, put32, put64, putPaddedAscii, sat32 } from './
 import { checkControlByte, requireClear } from './cdb.js';
 import { lbpme, type ScsiDeviceInfo } from './device.js';
 import { ScsiError } from './sense.js';
+import { enabledPort, portDesignators } from './alua.js';
 
 /** Peripheral qualifier 000b (connected) + device type 00h (direct access block device). */
 export const PERIPHERAL_DISK = 0x00;
@@ -54,7 +55,7 @@ export const LIO_IEEE_COMPANY_ID = 0x001405;
 
 /**
  * Standard INQUIRY data (SPC-4 6.4.2), untruncated.
- * 3PC is not claimed: EXTENDED COPY is not implemented here.
+ * 3PC is claimed when the device offers EXTENDED COPY (thirdPartyCopy).
  */
 export function standardInquiry(dev: ScsiDeviceInfo): Uint8Array {
   const b = new Uint8Array(STD_INQUIRY_LENGTH);
@@ -63,7 +64,7 @@ export function standardInquiry(dev: ScsiDeviceInfo): Uint8Array {
   b[2] = SPC4_VERSION;
   b[3] = 0x02; // NORMACA = 0, HISUP = 0, RESPONSE DATA FORMAT = 2
   b[4] = STD_INQUIRY_LENGTH - 5; // ADDITIONAL LENGTH counts bytes after byte 4
-  b[5] = ((dev.tpgs ?? 0) & 0x3) << 4;
+  b[5] = (((dev.tpgs ?? 0) & 0x3) << 4) | (dev.thirdPartyCopy ? 0x08 : 0);
   b[6] = 0x00;
   b[7] = 0x02; // CMDQUE: full task management model, as LIO offers
   putPaddedAscii(b, 8, 8, dev.vendor);
@@ -167,6 +168,10 @@ function deviceIdentification(dev: ScsiDeviceInfo): Uint8Array {
     id.set(s);
     parts.push(designator(Designator.CODE_SET_ASCII, Designator.TYPE_VENDOR_SPECIFIC, id));
   }
+
+  // With ALUA, the port the commands are taken to arrive on (tcmu-runner: the first enabled one).
+  const local = enabledPort(dev.alua);
+  if (local) parts.push(...portDesignators(local.port, local.group));
 
   const total = parts.reduce((n, p) => n + p.length, 0);
   const b = vpdHeader(0x83, total);

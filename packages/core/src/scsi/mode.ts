@@ -2,7 +2,9 @@
  * MODE SENSE / MODE SELECT (SPC-4 6.11-6.14) over the three pages a disk is
  * asked for: read-write error recovery (01h), caching (08h) and control (0Ah).
  *
- * Only WCE is changeable. That is what Linux's sd toggles through
+ * WCE is changeable, and D_SENSE when the device says so (changeableDSense,
+ * which the engine sets: an initiator that asks for descriptor sense gets
+ * it from then on). WCE is what Linux's sd toggles through
  * /sys/.../cache_type, and what LIO exposes as emulate_write_cache.
  */
 
@@ -37,6 +39,8 @@ export const LONG_BLOCK_DESCRIPTOR = 16;
 
 /** Caching page byte 2, bit 2. */
 const WCE = 0x04;
+/** Control page byte 2, bit 2: sense data in descriptor format. */
+const D_SENSE = 0x04;
 
 interface PageDef {
   readonly code: number;
@@ -63,11 +67,14 @@ const PAGES: readonly PageDef[] = [
     },
   },
   {
-    // SPC-4 7.5.8. Nothing here is changeable.
+    // SPC-4 7.5.8. Only D_SENSE can change, and only on devices that allow it.
     code: ModePage.CONTROL,
     length: 12,
     fill(b, dev, which) {
-      if (which === 'changeable') return;
+      if (which === 'changeable') {
+        if (dev.changeableDSense) b[2] = D_SENSE;
+        return;
+      }
       // GLTSD: no log parameters are ever saved. D_SENSE follows the device.
       b[2] = 0x02 | (dev.dSense ? 0x04 : 0);
       // QUEUE ALGORITHM MODIFIER 1: commands are completed out of order.
@@ -196,7 +203,8 @@ export function emulateModeSense(cdb: Uint8Array, dev: ScsiDeviceInfo): Uint8Arr
 /**
  * MODE SELECT (6)/(10). Validates the whole parameter list before changing
  * anything, so a rejected list leaves the device as it was. Every field must
- * equal its current value except WCE; returns whether WCE changed.
+ * equal its current value except WCE (and D_SENSE where changeable);
+ * returns whether WCE changed.
  * Throws ScsiError.
  */
 export function emulateModeSelect(cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut?: Uint8Array): boolean {
@@ -234,6 +242,7 @@ export function emulateModeSelect(cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut?
   if (bdLen) checkBlockDescriptor(p, hdr, long, dev);
 
   let newWce = dev.writeCache;
+  let newDSense = dev.dSense === true;
   let off = hdr + bdLen;
   while (off < p.length) {
     if (off + 2 > p.length) throw ScsiError.parameterListLength();
@@ -251,11 +260,13 @@ export function emulateModeSelect(cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut?
       if (diff) throw ScsiError.invalidParameter(off + i, topBit(diff));
     }
     if (code === ModePage.CACHING) newWce = (p[off + 2] & WCE) !== 0;
+    if (code === ModePage.CONTROL) newDSense = (p[off + 2] & D_SENSE) !== 0;
     off += def.length;
   }
 
   const changed = newWce !== dev.writeCache;
   dev.writeCache = newWce;
+  if (newDSense !== (dev.dSense === true)) dev.dSense = newDSense;
   return changed;
 }
 

@@ -429,6 +429,32 @@ export class ScsiError extends Error {
   static formatInProgress(progress: number): ScsiError {
     return ScsiError.of(SenseKey.NOT_READY, Asc.NOT_READY_FORMAT_IN_PROGRESS, { progress });
   }
+
+  /**
+   * NOT READY, TARGET PORT IN STANDBY STATE: what a media-access command
+   * gets when the ALUA group is standby or another node holds the
+   * handler's lock (tcmu-runner's TCMU_STS_FENCED).
+   */
+  static standby(): ScsiError {
+    return ScsiError.of(SenseKey.NOT_READY, Asc.NOT_READY_TARGET_PORT_IN_STANDBY_STATE);
+  }
+
+  /** COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE (EXTENDED COPY target not served here). */
+  static copyTargetNotReachable(): ScsiError {
+    return ScsiError.of(SenseKey.COPY_ABORTED, Asc.COPY_TARGET_DEVICE_NOT_REACHABLE);
+  }
+
+  /** COPY ABORTED, INCORRECT COPY TARGET DEVICE TYPE (e.g. block sizes differ). */
+  static incorrectCopyTargetType(): ScsiError {
+    return ScsiError.of(SenseKey.COPY_ABORTED, Asc.INCORRECT_COPY_TARGET_DEVICE_TYPE);
+  }
+
+  /** An ILLEGAL REQUEST with a named ASC pointing into the parameter list. */
+  static parameterError(p: AscPair, byte?: number, bit?: number): ScsiError {
+    return ScsiError.of(SenseKey.ILLEGAL_REQUEST, p, {
+      ...(byte !== undefined ? { fieldPointer: { byte, cdb: false, ...(bit !== undefined ? { bit } : {}) } } : {}),
+    });
+  }
 }
 
 /** Field pointer helper for reserved-bit checks: names the highest offending bit. */
