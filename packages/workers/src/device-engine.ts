@@ -13,9 +13,12 @@ import {
   type RingCommand, type IoVec,
 } from '@tcmu-ts/ring';
 import {
-  emulate, senseForError, isResourceShortage, ScsiError, makeBlockIo, flattenBuffers, copyToBuffers,
-  type DeviceHandler, type ScsiDeviceInfo, type ScsiOutcome,
+  planCommand, senseForError, isResourceShortage, ScsiError, makeBlockIo, flattenBuffers, copyToBuffers,
+  requestSenseData, PARAMETER_LIST_OPCODES, MEDIA_ACCESS_OPCODES, READ_ONLY_MEDIA_OPCODES,
+  type AluaGroupInfo, type DeviceHandler, type ScsiDeviceInfo, type ScsiPlan,
 } from '@tcmu-ts/core';
+import { BusySignal } from './alua-controller.js';
+import { CommandExecutor, type PeerLink } from './command-exec.js';
 import { CounterWriter, Scalar } from './counters.js';
 
 const CLS_READ = 0;
@@ -43,6 +46,24 @@ export interface EngineOptions {
   log: EngineLog;
   /** Called when the ring cannot be trusted any more; run() then ends and the supervisor restarts the device on a reset ring. */
   onRingBroken(reason: string): void;
+  /** The daemon's other LUNs, for EXTENDED COPY between them; without it only copies within this LUN work. */
+  peers?: PeerLink;
+  /**
+   * tcmu-runner's tcmur_cmd_time_out, in ms (0/absent: off): a command
+   * running longer is logged as timed out, and again when it completes.
+   */
+  cmdTimeOutMs?: number;
+  /** ALUA group states changed here (SET TARGET PORT GROUPS, lock holder moved). */
+  onAluaChange?(groups: readonly AluaGroupInfo[]): void;
+  /** Tests only: COMPARE AND WRITE without the LBA range lock. */
+  unsafeNoCawLock?: boolean;
+}
+
+/** A command being watched for tcmur_cmd_time_out. */
+interface Tracked {
+  readonly start: number;
+  readonly cdb: Uint8Array;
+  timedOut: boolean;
 }
 
 export class DeviceEngine {
@@ -59,10 +80,47 @@ export class DeviceEngine {
   private unitAttention: ScsiError | null = null;
   /** Ids a TMR asked about; they are still completed (the kernel waits for them), but logged. */
   private readonly aborted = new Set<number>();
+  /** Everything beyond READ/WRITE/SYNCHRONIZE CACHE, the range lock, FORMAT and ALUA state. */
+  readonly exec: CommandExecutor;
+  /** Work that is no command on the ring: another LUN's copy IO, a FORMAT UNIT with IMMED. */
+  private background = 0;
+  private readonly tracked = new Map<number, Tracked>();
+  private timeoutTimer: NodeJS.Timeout | undefined;
+  /** Commands that ran past tcmur_cmd_time_out. */
+  timedOutCommands = 0;
 
   constructor(private readonly o: EngineOptions) {
     this.consumer = new RingConsumer(o.map);
     this.u8 = new Uint8Array(o.map);
+    this.exec = new CommandExecutor({
+      info: o.info,
+      handler: o.handler,
+      log: o.log,
+      peers: o.peers,
+      unsafeNoLock: o.unsafeNoCawLock,
+      onAluaChange: o.onAluaChange,
+      track: (job) => this.trackBackground(job),
+    });
+  }
+
+  /** The handler reported a lost lock (HandlerDevice.notifyLockLost). */
+  notifyLockLost(): void {
+    this.exec.alua?.lockLost();
+  }
+
+  /** Another worker's EXTENDED COPY reads or writes this LUN; run() waits for it before ending. */
+  servePeerIo(op: 'read' | 'write', lba: number, blocks: number, buf: SharedArrayBuffer, offset: number): Promise<void> {
+    return this.trackBackground(this.exec.servePeerIo(op, lba, blocks, buf, offset));
+  }
+
+  private trackBackground<T>(job: Promise<T>): Promise<T> {
+    this.background++;
+    const done = () => {
+      this.background--;
+      this.maybeIdle();
+    };
+    job.then(done, done);
+    return job;
   }
 
   get info(): ScsiDeviceInfo {
@@ -107,8 +165,20 @@ export class DeviceEngine {
   }
 
   private whenIdle(): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve();
+    if (this.inFlight === 0 && this.background === 0) return Promise.resolve();
     return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  private maybeIdle(): void {
+    if (this.inFlight === 0 && this.background === 0 && this.idleWaiters.length) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const r of w) r();
+    }
+    if (this.tracked.size === 0 && this.timeoutTimer) {
+      clearInterval(this.timeoutTimer);
+      this.timeoutTimer = undefined;
+    }
   }
 
   private drain(): void {
@@ -159,11 +229,31 @@ export class DeviceEngine {
   private dispatch(cmd: RingCommand): void {
     const start = performance.now();
     this.inFlight++;
+    if (this.o.cmdTimeOutMs) this.track(cmd, start);
     if (this.logCdbs) this.o.log.scsi?.(`cmd ${cmd.cmdId}: CDB ${hex(cmd.cdb)}, ${cmd.dataLength} data bytes in ${cmd.iovs.length} iovec(s)`);
     if (this.unitAttention && !UA_EXEMPT.has(cmd.cdb[0])) {
       const ua = this.unitAttention;
       this.unitAttention = null;
       this.finish(cmd.cmdId, CLS_OTHER, 0, start, ua);
+      return;
+    }
+    const formatting = this.exec.formatError();
+    if (formatting && !FORMAT_EXEMPT.has(cmd.cdb[0])) {
+      // tcmu-runner lets only INQUIRY through while formatting; REPORT LUNS is the
+      // kernel's, and REQUEST SENSE is how SBC says the progress is polled.
+      if (cmd.cdb[0] === REQUEST_SENSE) {
+        let data: Uint8Array;
+        try {
+          data = requestSenseData(cmd.cdb, formatting);
+        } catch (e) {
+          this.finish(cmd.cmdId, CLS_OTHER, 0, start, e);
+          return;
+        }
+        const produced = copyToBuffers(this.views(cmd.iovs), data);
+        this.complete(cmd.cmdId, CLS_OTHER, produced, start, ScsiStatus.GOOD, undefined, produced);
+        return;
+      }
+      this.finish(cmd.cmdId, CLS_OTHER, 0, start, formatting);
       return;
     }
     const h = this.o.handler;
@@ -187,13 +277,15 @@ export class DeviceEngine {
 
   private dispatchEmulated(cmd: RingCommand, start: number, buffers?: Uint8Array[]): void {
     const info = this.o.info;
-    let outcome: ScsiOutcome;
+    let outcome: ScsiPlan;
     const bufs = buffers ?? this.views(cmd.iovs);
+    const op = cmd.cdb[0];
     try {
-      const op = cmd.cdb[0];
-      // Only non-READ/WRITE commands with data-out need it contiguous (MODE SELECT and the like).
-      const dataOut = cmd.dataLength > 0 && !isReadWrite(op) ? flattenBuffers(bufs) : undefined;
-      outcome = emulate(cmd.cdb, info, dataOut);
+      // ALUA first, as tcmu-runner's alua_check_state runs before a command is looked at.
+      if (this.exec.alua && MEDIA_ACCESS_OPCODES.has(op)) this.exec.alua.check(READ_ONLY_MEDIA_OPCODES.has(op));
+      // Only parameter lists need the data-out contiguous (MODE SELECT, UNMAP, EXTENDED COPY, ...).
+      const dataOut = cmd.dataLength > 0 && PARAMETER_LIST_OPCODES.has(op) ? flattenBuffers(bufs) : undefined;
+      outcome = planCommand(cmd.cdb, info, dataOut);
     } catch (e) {
       this.finish(cmd.cmdId, CLS_OTHER, 0, start, e);
       return;
@@ -230,10 +322,33 @@ export class DeviceEngine {
           buffers: cmd.dataLength === length ? bufs : trimViews(bufs, length),
           iovecs: cmd.dataLength === length ? cmd.iovs : trimIovecs(cmd.iovs, length), fua: outcome.fua,
         });
-        fn.call(h, io).then(
-          () => this.complete(cmd.cmdId, cls, length, start, ScsiStatus.GOOD, undefined, write ? undefined : length),
-          (err) => this.finish(cmd.cmdId, cls, 0, start, err, write),
-        );
+        if (!write) {
+          fn.call(h, io).then(
+            () => this.complete(cmd.cmdId, cls, length, start, ScsiStatus.GOOD, undefined, length),
+            (err) => this.finish(cmd.cmdId, cls, 0, start, err, false),
+          );
+          return;
+        }
+        // Writes hold their range shared, so a COMPARE AND WRITE on it waits for them and they for it.
+        const issue = (lockId: number | undefined) => {
+          fn.call(h, io).then(
+            () => {
+              if (lockId !== undefined) this.exec.rangeLock.release(lockId);
+              this.complete(cmd.cmdId, cls, length, start, ScsiStatus.GOOD);
+            },
+            (err) => {
+              if (lockId !== undefined) this.exec.rangeLock.release(lockId);
+              this.finish(cmd.cmdId, cls, 0, start, err, true);
+            },
+          );
+        };
+        if (this.o.unsafeNoCawLock) {
+          issue(undefined);
+          return;
+        }
+        const id = this.exec.rangeLock.tryAcquire(outcome.lba, outcome.blocks, false);
+        if (id !== undefined) issue(id);
+        else void this.exec.rangeLock.acquire(outcome.lba, outcome.blocks, false).then(issue);
         return;
       }
       case 'flush': {
@@ -247,16 +362,38 @@ export class DeviceEngine {
         );
         return;
       }
-      default:
+      case 'passthrough':
         this.finish(cmd.cmdId, CLS_OTHER, 0, start, ScsiError.invalidOpcode());
+        return;
+      default: {
+        const plan = outcome;
+        const cls = PLAN_CLASS[plan.kind] ?? CLS_OTHER;
+        const write = cls === CLS_WRITE;
+        this.exec.run(plan, { dataLength: cmd.dataLength, buffers: bufs, iovecs: cmd.iovs }).then(
+          (produced) =>
+            this.complete(cmd.cmdId, cls, write ? cmd.dataLength : produced, start, ScsiStatus.GOOD, undefined, produced || undefined),
+          (err) => this.finish(cmd.cmdId, cls, 0, start, err, write),
+        );
+      }
     }
   }
 
-  /** Complete with the sense an error maps to; BUSY when the handler is out of resources. */
+  /**
+   * Complete with the sense an error maps to. A handler out of resources
+   * gets the initiator to retry, as tcmu-runner answers TCMU_STS_NO_RESOURCE
+   * and TCMU_STS_BUSY: TASK SET FULL when memory ran out (ENOMEM, ENOBUFS),
+   * BUSY when the handler says to try again (EAGAIN) or a lock is being taken.
+   */
   private finish(cmdId: number, cls: number, bytes: number, start: number, err: unknown, write = false): void {
+    if (err instanceof BusySignal) {
+      this.complete(cmdId, cls, bytes, start, ScsiStatus.BUSY);
+      return;
+    }
     if (isResourceShortage(err)) {
       this.o.counters.add(Scalar.QFULL_REPLIES);
-      this.complete(cmdId, cls, bytes, start, ScsiStatus.BUSY);
+      const code = (err as { code?: string }).code;
+      const status = code === 'ENOMEM' || code === 'ENOBUFS' ? ScsiStatus.TASK_SET_FULL : ScsiStatus.BUSY;
+      this.complete(cmdId, cls, bytes, start, status);
       return;
     }
     if (!(err instanceof ScsiError)) {
@@ -280,13 +417,39 @@ export class DeviceEngine {
     }
     if (this.aborted.size && this.aborted.delete(cmdId)) this.o.log.info(`cmd ${cmdId} completed after abort`);
     const senseKey = status === ScsiStatus.CHECK_CONDITION && sense && sense.length > 2 ? senseKeyOf(sense) : status === ScsiStatus.GOOD ? -1 : 0;
-    this.o.counters.command(cls, bytes, (performance.now() - start) / 1000, senseKey);
+    const now = performance.now();
+    this.o.counters.command(cls, bytes, (now - start) / 1000, senseKey);
+    if (this.tracked.size) {
+      const t = this.tracked.get(cmdId);
+      if (t) {
+        this.tracked.delete(cmdId);
+        if (t.timedOut) this.o.log.info(`timed out command id ${cmdId} completed after ${((now - t.start) / 1000).toFixed(3)} seconds with status ${status}`);
+      }
+    }
     this.inFlight--;
     this.scheduleKick();
-    if (this.inFlight === 0 && this.idleWaiters.length) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const r of w) r();
+    this.maybeIdle();
+  }
+
+  /** Watch a command for tcmur_cmd_time_out; the timer runs only while something is watched. */
+  private track(cmd: RingCommand, start: number): void {
+    this.tracked.set(cmd.cmdId, { start, cdb: cmd.cdb, timedOut: false });
+    if (this.timeoutTimer) return;
+    const tmo = this.o.cmdTimeOutMs!;
+    this.timeoutTimer = setInterval(() => this.checkTimeouts(), Math.max(10, Math.min(1000, tmo / 4)));
+    this.timeoutTimer.unref();
+  }
+
+  /** check_for_timed_out_cmds: each command is logged once when it passes the limit. */
+  private checkTimeouts(): void {
+    const tmo = this.o.cmdTimeOutMs!;
+    const now = performance.now();
+    for (const [id, t] of this.tracked) {
+      if (t.timedOut || now - t.start < tmo) continue;
+      t.timedOut = true;
+      this.timedOutCommands++;
+      const { lba, blocks } = lbaAndLength(t.cdb);
+      this.o.log.info(`command ${id} SCSI CDB 0x${t.cdb[0].toString(16).padStart(2, '0')} at LBA ${lba} for ${blocks} blocks timed out (tcmur_cmd_time_out ${tmo / 1000} s)`);
     }
   }
 
@@ -312,15 +475,40 @@ export class DeviceEngine {
 
 /** SAM-5: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit attention. */
 const UA_EXEMPT = new Set([0x12, 0xa0, 0x03]);
+const REQUEST_SENSE = 0x03;
+/** Answered normally while FORMAT UNIT runs (REQUEST SENSE with the progress). */
+const FORMAT_EXEMPT = new Set([0x12, 0xa0]);
+
+/** Counter class of each plan the executor runs. */
+const PLAN_CLASS: Partial<Record<ScsiPlan['kind'], number>> = {
+  'write-same': CLS_WRITE,
+  'compare-and-write': CLS_WRITE,
+  'write-verify': CLS_WRITE,
+  verify: CLS_READ,
+};
+
+/** LBA and transfer length of a CDB for log lines (tcmu_cdb_get_lba / get_xfer_length); 0 when it has none. */
+function lbaAndLength(cdb: Uint8Array): { lba: bigint; blocks: number } {
+  const be32 = (o: number) => ((cdb[o] << 24) | (cdb[o + 1] << 16) | (cdb[o + 2] << 8) | cdb[o + 3]) >>> 0;
+  switch (cdb[0] >> 5) {
+    case 0:
+      return { lba: BigInt(((cdb[1] & 0x1f) << 16) | (cdb[2] << 8) | cdb[3]), blocks: cdb[4] };
+    case 1:
+    case 2:
+      return { lba: BigInt(be32(2)), blocks: (cdb[7] << 8) | cdb[8] };
+    case 4:
+      return { lba: (BigInt(be32(2)) << 32n) | BigInt(be32(6)), blocks: be32(10) };
+    case 5:
+      return { lba: BigInt(be32(2)), blocks: be32(6) };
+    default:
+      return { lba: 0n, blocks: 0 };
+  }
+}
 
 function hex(b: Uint8Array): string {
   let s = '';
   for (let i = 0; i < b.length; i++) s += (i ? ' ' : '') + b[i].toString(16).padStart(2, '0');
   return s;
-}
-
-function isReadWrite(op: number): boolean {
-  return op === 0x28 || op === 0x2a || op === 0x88 || op === 0x8a || op === 0x08 || op === 0x0a || op === 0xa8 || op === 0xaa;
 }
 
 function senseKeyOf(sense: Uint8Array): number {

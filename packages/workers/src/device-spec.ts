@@ -1,3 +1,5 @@
+import type { AluaInfo } from '@tcmu-ts/core';
+
 /**
  * What the supervisor tells a device worker at start: plain data only, since
  * it crosses a thread boundary by structured clone.
@@ -26,6 +28,37 @@ export interface DeviceSpec {
   readonly serial: string;
   readonly wwn: string;
   readonly ring: RingEndpoint;
+  /**
+   * tcmu-runner's `tcmur_cmd_time_out` in seconds (0/absent: off): commands
+   * running longer are logged, and the handler is told the value. The
+   * supervisor reads it from the device's dev_config when not given.
+   */
+  readonly cmdTimeOut?: number;
+  /**
+   * ALUA target port groups (from configfs alua/). The supervisor reads them
+   * when the backend has a configfs device and none are given; absent or
+   * without an enabled member port: no ALUA.
+   */
+  readonly alua?: AluaInfo;
+  /** Tests only: run COMPARE AND WRITE without the LBA range lock, to show what the lock prevents. */
+  readonly unsafeNoCawLock?: boolean;
+}
+
+/** An error crossing a thread boundary: sense for a ScsiError, else an errno-style code. */
+export interface WireError {
+  key?: number;
+  asc?: number;
+  ascq?: number;
+  code?: string;
+  message: string;
+}
+
+/** What a device worker learns about another LUN of this daemon for EXTENDED COPY. */
+export interface PeerInfo {
+  name: string;
+  blockSize: number;
+  numLbas: number;
+  maxXferBlocks: number;
 }
 
 /** 'scsi' is tcmu-runner's level 5: one line per SCSI command. */
@@ -38,10 +71,22 @@ export type WorkerEvent =
   | { type: 'ring-broken'; reason: string }
   | { type: 'reconfig-done'; id: number; errno: number; reason?: string }
   | { type: 'stopped' }
-  | { type: 'log'; level: LogLevelName; msg: string };
+  | { type: 'log'; level: LogLevelName; msg: string }
+  /** ALUA group states changed on the worker (STPG, lock holder moved); persisted to configfs. */
+  | { type: 'alua-state'; groups: { name: string; state: number; status: number }[] }
+  /** EXTENDED COPY: which LUN has this NAA designator (hex)? */
+  | { type: 'peer-lookup'; id: number; naa: string }
+  /** EXTENDED COPY: read or write blocks of another LUN, data in `buf` from byte `offset`. */
+  | { type: 'peer-io'; id: number; device: string; op: 'read' | 'write'; lba: number; blocks: number; buf: SharedArrayBuffer; offset: number }
+  /** The answer to a peer-io this worker served for another one. */
+  | { type: 'peer-io-done'; id: number; error?: WireError };
 
 /** Messages the supervisor posts to a device worker. */
 export type SupervisorCommand =
   | { type: 'stop' }
   | { type: 'log-cdbs'; enabled: boolean }
-  | { type: 'reconfig'; id: number; numLbas?: number; writeCache?: boolean };
+  | { type: 'reconfig'; id: number; numLbas?: number; writeCache?: boolean }
+  | { type: 'peer-lookup-result'; id: number; peer?: PeerInfo }
+  /** Serve a block read/write for another worker's EXTENDED COPY. */
+  | { type: 'peer-io'; id: number; op: 'read' | 'write'; lba: number; blocks: number; buf: SharedArrayBuffer; offset: number }
+  | { type: 'peer-io-done'; id: number; error?: WireError };

@@ -6,10 +6,11 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { mapShared, errnoName } from '@tcmu-ts/ring';
 import { loadHandler, ScsiError, type DeviceHandler, type HandlerDevice, type ScsiDeviceInfo } from '@tcmu-ts/core';
+import { fromWire, toWire, type PeerLink } from './command-exec.js';
 import { CounterWriter } from './counters.js';
 import { DeviceEngine } from './device-engine.js';
 import { scsiInfoFromSpec } from './scsi-info.js';
-import type { DeviceSpec, SupervisorCommand, WorkerEvent } from './device-spec.js';
+import type { DeviceSpec, PeerInfo, SupervisorCommand, WorkerEvent } from './device-spec.js';
 
 interface WorkerInput {
   spec: DeviceSpec;
@@ -29,10 +30,34 @@ const log = {
   error: (msg: string) => post({ type: 'log', level: 'error', msg }),
 };
 
+/** EXTENDED COPY to and from other LUNs: requests go to the supervisor, which forwards them. */
+let nextPeerId = 1;
+const peerLookups = new Map<number, (p: PeerInfo | undefined) => void>();
+const peerIos = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+const peers: PeerLink = {
+  lookup(naa) {
+    const id = nextPeerId++;
+    return new Promise((resolve) => {
+      peerLookups.set(id, resolve);
+      post({ type: 'peer-lookup', id, naa });
+    });
+  },
+  io(device, op, lba, blocks, buf, offset) {
+    const id = nextPeerId++;
+    return new Promise((resolve, reject) => {
+      peerIos.set(id, { resolve, reject });
+      post({ type: 'peer-io', id, device, op, lba, blocks, buf, offset });
+    });
+  },
+};
+
 async function main(): Promise<void> {
   const map = mapShared(spec.ring.mapFd, spec.ring.mapSize);
   const handler = await loadHandler(spec.handlerSpec);
+  let engine: DeviceEngine | undefined;
   const dev: HandlerDevice = {
+    ...(spec.cmdTimeOut ? { cmdTimeOut: spec.cmdTimeOut } : {}),
+    notifyLockLost: () => engine?.notifyLockLost(),
     name: spec.name,
     cfgstring: spec.cfgstring,
     blockSize: spec.blockSize,
@@ -52,8 +77,8 @@ async function main(): Promise<void> {
     map.unmap();
     return;
   }
-  const info = scsiInfoFromSpec(spec, dev.numLbas);
-  const engine = new DeviceEngine({
+  const info = scsiInfoFromSpec(spec, dev.numLbas, opened);
+  const eng = new DeviceEngine({
     map: map.buffer,
     eventFd: spec.ring.eventFd,
     handler: opened,
@@ -61,10 +86,36 @@ async function main(): Promise<void> {
     counters: new CounterWriter(counters),
     log,
     onRingBroken: (reason) => post({ type: 'ring-broken', reason }),
+    peers,
+    cmdTimeOutMs: spec.cmdTimeOut ? spec.cmdTimeOut * 1000 : 0,
+    onAluaChange: (groups) => post({ type: 'alua-state', groups: groups.map((g) => ({ name: g.name, state: g.state, status: g.status })) }),
+    unsafeNoCawLock: spec.unsafeNoCawLock,
   });
-  engine.logCdbs = logCdbs;
+  engine = eng;
+  eng.logCdbs = logCdbs;
+  if (spec.cmdTimeOut) log.info(`tcmur_cmd_time_out ${spec.cmdTimeOut} s`);
   port.on('message', (m: SupervisorCommand) => {
+    const engine = eng;
     switch (m.type) {
+      case 'peer-lookup-result': {
+        const r = peerLookups.get(m.id);
+        peerLookups.delete(m.id);
+        r?.(m.peer);
+        break;
+      }
+      case 'peer-io-done': {
+        const p = peerIos.get(m.id);
+        peerIos.delete(m.id);
+        if (m.error) p?.reject(fromWire(m.error));
+        else p?.resolve();
+        break;
+      }
+      case 'peer-io':
+        engine.servePeerIo(m.op, m.lba, m.blocks, m.buf, m.offset).then(
+          () => post({ type: 'peer-io-done', id: m.id }),
+          (e) => post({ type: 'peer-io-done', id: m.id, error: toWire(e) }),
+        );
+        break;
       case 'log-cdbs':
         engine.logCdbs = m.enabled;
         break;
@@ -80,7 +131,7 @@ async function main(): Promise<void> {
     }
   });
   post({ type: 'ready', numLbas: dev.numLbas });
-  await engine.run();
+  await eng.run();
   await opened.close();
   map.unmap();
   post({ type: 'stopped' });

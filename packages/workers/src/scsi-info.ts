@@ -1,8 +1,30 @@
-import { createDeviceInfo, type ScsiDeviceInfo } from '@tcmu-ts/core';
+import { TCMU_RUNNER_LIMITS, createDeviceInfo, tpgsOf, type AluaInfo, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
 import type { DeviceSpec } from './device-spec.js';
 
-/** The SCSI core's view of a device, built from what the supervisor knows. */
-export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number): ScsiDeviceInfo {
+/** A private, mutable copy: the worker changes group states on ALUA transitions. */
+function cloneAlua(a: AluaInfo | undefined): AluaInfo | undefined {
+  if (!a) return undefined;
+  return { failover: a.failover, groups: a.groups.map((g) => ({ ...g, ports: g.ports.map((p) => ({ ...p })) })) };
+}
+
+/**
+ * The SCSI core's view of a device, built from what the supervisor knows
+ * and, once it is open, from what the handler can do: tcmu-runner's choices
+ * (main.c dev_added, scsi.c) for what each callout makes available.
+ *  - unmap(): UNMAP and WRITE SAME with UNMAP (LBPU, LBPWS, LBPWS10), and
+ *    LBPRZ since the handler API promises unmapped blocks read as zeros;
+ *    32 Mi blocks and 4 descriptors per UNMAP, optimal granularity one
+ *    maximum transfer, alignment 0 (UGAVALID set, as tcmu-runner reports).
+ *  - compareAndWrite(), or read() and write(): COMPARE AND WRITE of 1 block.
+ *  - write() or writeSame(): WRITE SAME up to FFFFFFFFh blocks.
+ *  - read() and write(): EXTENDED COPY (3PC).
+ * D_SENSE is changeable by MODE SELECT.
+ */
+export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: DeviceHandler): ScsiDeviceInfo {
+  const h: Partial<DeviceHandler> = handler ?? {};
+  const unmap = typeof h.unmap === 'function';
+  const rw = typeof h.read === 'function' && typeof h.write === 'function';
+  const alua = cloneAlua(spec.alua);
   return createDeviceInfo({
     blockSize: spec.blockSize,
     numLbas,
@@ -11,5 +33,21 @@ export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number): ScsiDeviceI
     serial: spec.serial,
     wwn: spec.wwn,
     product: `TCMU ${spec.subtype}`.slice(0, 16),
+    changeableDSense: true,
+    ...(handler
+      ? {
+          lbpu: unmap,
+          lbpws: unmap,
+          lbprz: unmap,
+          maxUnmapLbaCount: unmap ? TCMU_RUNNER_LIMITS.maxUnmapLbaCount : 0,
+          maxUnmapDescriptors: unmap ? TCMU_RUNNER_LIMITS.maxUnmapDescriptors : 0,
+          optimalUnmapGranularity: unmap ? spec.maxXferBlocks : 0,
+          ...(unmap ? { unmapGranularityAlignment: 0 } : {}),
+          maxCompareAndWriteBlocks: typeof h.compareAndWrite === 'function' || rw ? TCMU_RUNNER_LIMITS.maxCompareAndWriteBlocks : 0,
+          maxWriteSameBlocks: typeof h.write === 'function' || typeof h.writeSame === 'function' ? TCMU_RUNNER_LIMITS.maxWriteSameBlocks : 0,
+          thirdPartyCopy: rw,
+        }
+      : {}),
+    ...(alua ? { alua, tpgs: tpgsOf(alua) } : {}),
   });
 }

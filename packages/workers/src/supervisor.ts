@@ -6,8 +6,11 @@
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import { TcmuConfigfsDevice, naaDesignator } from '@tcmu-ts/core';
+import { readAluaInfo, readCmdTimeOut, writeAluaState } from './alua-config.js';
+import { toHex } from './command-exec.js';
 import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
-import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WorkerEvent } from './device-spec.js';
+import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
 
 /** The kernel side of one device: a real UIO/configfs device or the simulator. */
 export interface DeviceBackend {
@@ -54,6 +57,19 @@ export class DeviceOpenError extends Error {
 
 const WORKER_URL = new URL('./device-worker.js', import.meta.url);
 
+/** The configfs device behind a backend, when it has one (KernelBackend does). */
+function configfsOf(backend: DeviceBackend): TcmuConfigfsDevice | undefined {
+  const c = (backend as { configfs?: unknown }).configfs;
+  return c instanceof TcmuConfigfsDevice ? c : undefined;
+}
+
+/** An EXTENDED COPY block IO one worker asked of another, in flight through the supervisor. */
+interface PeerForward {
+  readonly from: ManagedDevice;
+  readonly id: number;
+  readonly to: ManagedDevice;
+}
+
 export class Supervisor extends EventEmitter {
   readonly devices = new Map<string, ManagedDevice>();
   private readonly log: SupervisorLog;
@@ -63,6 +79,9 @@ export class Supervisor extends EventEmitter {
   workerRestarts = 0;
   private nextReconfigId = 1;
   private logCdbs: boolean;
+  private readonly forwards = new Map<number, PeerForward>();
+  private nextForwardId = 1;
+  private readonly naaCache = new WeakMap<DeviceSpec, string>();
 
   constructor(opts: SupervisorOptions = {}) {
     super();
@@ -74,8 +93,14 @@ export class Supervisor extends EventEmitter {
     this.logCdbs = opts.logCdbs ?? false;
   }
 
-  /** Start a worker for the device; resolves once the handler has opened it. */
+  /**
+   * Start a worker for the device; resolves once the handler has opened it.
+   * For a backend with a configfs device, the ALUA groups and
+   * tcmur_cmd_time_out the spec does not give are read from configfs.
+   */
   async addDevice(spec: DeviceSpec, backend: DeviceBackend): Promise<ManagedDevice> {
+    if (this.devices.has(spec.name)) throw new Error(`device ${spec.name} already exists`);
+    spec = await this.fromConfigfs(spec, backend);
     if (this.devices.has(spec.name)) throw new Error(`device ${spec.name} already exists`);
     const dev: ManagedDevice = { spec, backend, counters: createCounterBuffer(), state: 'starting', restarts: 0, numLbas: spec.numLbas };
     this.devices.set(spec.name, dev);
@@ -86,6 +111,28 @@ export class Supervisor extends EventEmitter {
       throw e;
     }
     return dev;
+  }
+
+  private async fromConfigfs(spec: DeviceSpec, backend: DeviceBackend): Promise<DeviceSpec> {
+    const cfs = configfsOf(backend);
+    if (!cfs) return spec;
+    let out = spec;
+    if (out.cmdTimeOut === undefined) {
+      const t = await readCmdTimeOut(cfs).catch(() => undefined);
+      if (t !== undefined) out = { ...out, cmdTimeOut: t };
+    }
+    if (out.alua === undefined) {
+      try {
+        const alua = await readAluaInfo(cfs);
+        if (alua) {
+          out = { ...out, alua };
+          this.log('info', spec.name, `ALUA: ${alua.failover} failover, groups ${alua.groups.map((g) => `${g.name}(${g.id})`).join(', ')}`);
+        }
+      } catch (e) {
+        this.log('warn', spec.name, `cannot read the ALUA groups: ${e instanceof Error ? e.message : String(e)}; serving without ALUA`);
+      }
+    }
+    return out;
   }
 
   /** Stop taking commands, let those in flight finish, close the handler. */
@@ -201,6 +248,22 @@ export class Supervisor extends EventEmitter {
             break;
           case 'stopped':
             break;
+          case 'alua-state':
+            this.onAluaState(dev, e.groups);
+            break;
+          case 'peer-lookup':
+            this.send(dev, { type: 'peer-lookup-result', id: e.id, peer: this.lookupPeer(e.naa) });
+            break;
+          case 'peer-io':
+            this.forwardPeerIo(dev, e);
+            break;
+          case 'peer-io-done': {
+            const f = this.forwards.get(e.id);
+            if (!f) break;
+            this.forwards.delete(e.id);
+            this.send(f.from, { type: 'peer-io-done', id: f.id, ...(e.error ? { error: e.error } : {}) });
+            break;
+          }
         }
       });
       worker.on('error', (err) => {
@@ -214,9 +277,73 @@ export class Supervisor extends EventEmitter {
       });
       worker.on('exit', (code) => {
         if (dev.worker === worker) dev.worker = undefined;
+        this.dropForwards(dev);
         if (dev.state === 'running') void this.restart(dev, code);
       });
     });
+  }
+
+  /** Keep the new states for restarts, and write them to configfs as tcmu-runner does. */
+  private onAluaState(dev: ManagedDevice, groups: { name: string; state: number; status: number }[]): void {
+    const alua = dev.spec.alua;
+    if (!alua) return;
+    const byName = new Map(groups.map((g) => [g.name, g]));
+    dev.spec = {
+      ...dev.spec,
+      alua: { failover: alua.failover, groups: alua.groups.map((g) => ({ ...g, ...(byName.has(g.name) ? { state: byName.get(g.name)!.state, status: byName.get(g.name)!.status } : {}) })) },
+    };
+    const cfs = configfsOf(dev.backend);
+    if (!cfs) return;
+    for (const g of groups) {
+      void writeAluaState(cfs, g.name, g.state, g.status).catch((e) =>
+        this.log('error', dev.spec.name, `could not change the kernel's state of ALUA group ${g.name} to ${g.state}: ${e instanceof Error ? e.message : String(e)}`),
+      );
+    }
+  }
+
+  private naaOf(spec: DeviceSpec): string {
+    let n = this.naaCache.get(spec);
+    if (n === undefined) {
+      n = toHex(naaDesignator(spec.wwn ?? spec.serial));
+      this.naaCache.set(spec, n);
+    }
+    return n;
+  }
+
+  /** The running LUN with this VPD 83h NAA designator, for another one's EXTENDED COPY. */
+  private lookupPeer(naa: string): { name: string; blockSize: number; numLbas: number; maxXferBlocks: number } | undefined {
+    for (const d of this.devices.values()) {
+      if (d.state !== 'running' || !d.worker) continue;
+      if (this.naaOf(d.spec) === naa.toLowerCase()) {
+        return { name: d.spec.name, blockSize: d.spec.blockSize, numLbas: d.numLbas, maxXferBlocks: d.spec.maxXferBlocks };
+      }
+    }
+    return undefined;
+  }
+
+  private forwardPeerIo(from: ManagedDevice, e: Extract<WorkerEvent, { type: 'peer-io' }>): void {
+    const to = this.devices.get(e.device);
+    if (!to || to.state !== 'running' || !to.worker) {
+      const error: WireError = { code: 'ENODEV', message: `device ${e.device} is not running` };
+      this.send(from, { type: 'peer-io-done', id: e.id, error });
+      return;
+    }
+    const id = this.nextForwardId++;
+    this.forwards.set(id, { from, id: e.id, to });
+    // The SharedArrayBuffer is shared, not copied: the other worker reads or fills the same memory.
+    this.send(to, { type: 'peer-io', id, op: e.op, lba: e.lba, blocks: e.blocks, buf: e.buf, offset: e.offset });
+  }
+
+  /** A worker went away: fail the copy IO it was serving, forget what it asked for. */
+  private dropForwards(dev: ManagedDevice): void {
+    for (const [id, f] of this.forwards) {
+      if (f.to === dev) {
+        this.forwards.delete(id);
+        this.send(f.from, { type: 'peer-io-done', id: f.id, error: { code: 'ENODEV', message: `device ${dev.spec.name} went away` } });
+      } else if (f.from === dev) {
+        this.forwards.delete(id);
+      }
+    }
   }
 
   /** A worker died under a running device: reset the ring and start a new one. */

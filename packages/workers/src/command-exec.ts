@@ -1,0 +1,489 @@
+/**
+ * The device engine's commands beyond READ/WRITE/SYNCHRONIZE CACHE, run on
+ * the device's worker thread with the handler's callouts: each goes to the
+ * handler's own callout when it has one and is emulated on read/write
+ * otherwise, as tcmu-runner's tcmur_cmd_handler.c does.
+ *
+ * Also here: the LBA range lock that makes COMPARE AND WRITE atomic, the
+ * FORMAT UNIT state other commands see (NOT READY, FORMAT IN PROGRESS),
+ * ALUA gating, and both ends of EXTENDED COPY between LUNs of the daemon.
+ */
+import {
+  ScsiError, SenseKey, compareAndWriteViaReadWrite, compareBuffers, enabledPort, errnoError, isZeroRange,
+  makeBlockIo, naaDesignator, patternOf, sliceBuffers, writeSameViaWrite,
+  type AluaGroupInfo, type BlockIo, type CompareAndWriteIo, type DeviceHandler, type IoVec, type ScsiDeviceInfo,
+  type ScsiPlan, type XcopySegment,
+} from '@tcmu-ts/core';
+import { AluaController } from './alua-controller.js';
+import type { PeerInfo, WireError } from './device-spec.js';
+import { LbaRangeLock } from './lba-lock.js';
+
+/** How a worker reaches the other LUNs of the daemon (through the supervisor). */
+export interface PeerLink {
+  /** The LUN whose VPD 83h NAA designator is `naa` (32 hex digits), if the daemon serves it. */
+  lookup(naa: string): Promise<PeerInfo | undefined>;
+  /** Read or write `blocks` at `lba` of LUN `device`, the data in `buf` from byte `offset`. Rejects with ScsiError or an errno error. */
+  io(device: string, op: 'read' | 'write', lba: number, blocks: number, buf: SharedArrayBuffer, offset: number): Promise<void>;
+}
+
+export interface ExecLog {
+  debug(msg: string): void;
+  info(msg: string): void;
+  warn(msg: string): void;
+  error(msg: string): void;
+}
+
+export interface ExecOptions {
+  info: ScsiDeviceInfo;
+  handler: DeviceHandler;
+  log: ExecLog;
+  peers?: PeerLink;
+  /** Tests only: no LBA range lock (COMPARE AND WRITE is then not atomic). */
+  unsafeNoLock?: boolean;
+  onAluaChange?(groups: readonly AluaGroupInfo[]): void;
+  /** Work that outlives its command (FORMAT UNIT with IMMED): the engine waits for it before stopping. */
+  track(job: Promise<unknown>): void;
+}
+
+/** The command's data buffers, as views on the ring. */
+export interface CommandData {
+  readonly dataLength: number;
+  readonly buffers: readonly Uint8Array[];
+  readonly iovecs: readonly IoVec[];
+}
+
+/** tcmu-runner stages emulated writes (WRITE SAME, FORMAT UNIT) 1 MiB at a time, rounded up to whole transfers. */
+const STAGING_BYTES = 1 << 20;
+
+/** Chunk of blocks for a read-back (VERIFY, WRITE AND VERIFY) or a copy. */
+function chunkBlocks(info: ScsiDeviceInfo): number {
+  const byBytes = Math.max(1, Math.floor(STAGING_BYTES / info.blockSize));
+  return info.maxXferBlocks > 0 ? Math.max(byBytes, info.maxXferBlocks) : byBytes;
+}
+
+function stagingBytes(info: ScsiDeviceInfo): number {
+  const xfer = Math.max(1, info.maxXferBlocks) * info.blockSize;
+  return Math.ceil(STAGING_BYTES / xfer) * xfer;
+}
+
+export function toHex(b: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < b.length; i++) s += b[i].toString(16).padStart(2, '0');
+  return s;
+}
+
+/** An error as it crosses to another thread, and back. */
+export function toWire(e: unknown): WireError {
+  if (e instanceof ScsiError) return { key: e.key, asc: e.asc, ascq: e.ascq, message: e.message };
+  const code = (e as { code?: unknown } | null)?.code;
+  return { code: typeof code === 'string' ? code : 'EIO', message: e instanceof Error ? e.message : String(e) };
+}
+
+export function fromWire(w: WireError): Error {
+  if (w.key !== undefined) return new ScsiError(w.key, w.asc ?? 0, w.ascq ?? 0, { message: w.message });
+  return errnoError(w.code ?? 'EIO', w.message);
+}
+
+/** The iovecs covering [at, at+length) of a command's data. */
+export function sliceIovecs(iovs: readonly IoVec[], at: number, length: number): IoVec[] {
+  const out: IoVec[] = [];
+  let skip = at;
+  let left = length;
+  for (let i = 0; i < iovs.length && left > 0; i++) {
+    const v = iovs[i];
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    const n = Math.min(v.length - skip, left);
+    out.push({ offset: v.offset + skip, length: n });
+    left -= n;
+    skip = 0;
+  }
+  return out;
+}
+
+interface CopyEnd {
+  /** undefined: this LUN. */
+  readonly peer?: string;
+  readonly blockSize: number;
+  readonly numLbas: number;
+  readonly maxXferBlocks: number;
+}
+
+export class CommandExecutor {
+  readonly rangeLock = new LbaRangeLock();
+  readonly alua?: AluaController;
+  /** Set while FORMAT UNIT runs: progress 0..65535 for sense-key-specific bytes. */
+  formatProgress: number | undefined;
+  private naaHex?: string;
+
+  constructor(private readonly x: ExecOptions) {
+    if (enabledPort(x.info.alua)) {
+      this.alua = new AluaController(x.info.alua!, x.handler, x.log, (g) => x.onAluaChange?.(g));
+    }
+  }
+
+  private get info(): ScsiDeviceInfo {
+    return this.x.info;
+  }
+
+  private get h(): DeviceHandler {
+    return this.x.handler;
+  }
+
+  /** NOT READY, FORMAT IN PROGRESS with where the format is, or undefined when none runs. */
+  formatError(): ScsiError | undefined {
+    return this.formatProgress === undefined ? undefined : ScsiError.formatInProgress(this.formatProgress);
+  }
+
+  /** Take the range, run `fn`, release. Shared for writes, exclusive for COMPARE AND WRITE and WRITE AND VERIFY. */
+  async locked<T>(lba: number, blocks: number, exclusive: boolean, fn: () => Promise<T>): Promise<T> {
+    if (this.x.unsafeNoLock) return fn();
+    const id = this.rangeLock.tryAcquire(lba, blocks, exclusive) ?? (await this.rangeLock.acquire(lba, blocks, exclusive));
+    try {
+      return await fn();
+    } finally {
+      this.rangeLock.release(id);
+    }
+  }
+
+  /** Run a plan `planCommand` left to the engine. Resolves to the Data-In bytes produced. */
+  async run(plan: ScsiPlan, data: CommandData): Promise<number> {
+    switch (plan.kind) {
+      case 'unmap':
+        await this.unmap(plan.ranges);
+        return 0;
+      case 'write-same':
+        await this.writeSame(plan.lba, plan.blocks, plan.unmap, plan.ndob, data);
+        return 0;
+      case 'compare-and-write':
+        await this.compareAndWrite(plan.lba, plan.blocks, plan.fua, data);
+        return 0;
+      case 'verify':
+        await this.verify(plan.lba, plan.blocks, plan.bytchk, data);
+        return 0;
+      case 'write-verify':
+        await this.writeVerify(plan.lba, plan.blocks, data);
+        return 0;
+      case 'format':
+        await this.format(plan.immed);
+        return 0;
+      case 'xcopy':
+        await this.extendedCopy(plan.segments);
+        return 0;
+      case 'rtpg': {
+        if (!this.alua) throw ScsiError.invalidOpcode();
+        const d = await this.alua.reportTargetPortGroups(plan.extended, plan.allocationLength);
+        return copyInto(data.buffers, d);
+      }
+      case 'stpg':
+        if (!this.alua) throw ScsiError.invalidOpcode();
+        await this.alua.setTargetPortGroups(plan.descriptors);
+        return 0;
+      default:
+        throw ScsiError.invalidOpcode();
+    }
+  }
+
+  // ------------------------------------------------------------ UNMAP / WRITE SAME
+
+  private async unmap(ranges: readonly { lba: number; blocks: number }[]): Promise<void> {
+    if (!this.h.unmap) throw ScsiError.invalidOpcode();
+    let lo = Infinity;
+    let hi = 0;
+    for (const r of ranges) {
+      lo = Math.min(lo, r.lba);
+      hi = Math.max(hi, r.lba + r.blocks);
+    }
+    await this.locked(lo, hi - lo, false, () => this.h.unmap!(ranges));
+  }
+
+  /**
+   * WRITE SAME. With the UNMAP bit and a handler that can unmap, an
+   * all-zero block unmaps the range (unmapped blocks read as zeros); any
+   * other block is written, since unmapping would lose it (tcmu-runner
+   * unmaps whatever the block holds). Then the handler's writeSame, else
+   * the block repeated through write() in 1 MiB stages.
+   */
+  private async writeSame(lba: number, blocks: number, unmap: boolean, ndob: boolean, data: CommandData): Promise<void> {
+    const bs = this.info.blockSize;
+    // tcmu-runner: the Data-Out Buffer must be exactly one block.
+    if (!ndob && data.dataLength !== bs) throw ScsiError.invalidField();
+    const pattern = ndob ? new Uint8Array(bs) : patternOf(data.buffers, bs);
+    const h = this.h;
+    // The data is `pattern`; a WRITE SAME carries no buffers of the range's length.
+    const io: BlockIo = { lba, blocks, offset: lba * bs, length: blocks * bs, buffers: [], iovecs: undefined, fua: false };
+    await this.locked(lba, blocks, false, async () => {
+      if (unmap && h.unmap && this.info.lbpws && isZeroRange(pattern, 0, bs)) return h.unmap([{ lba, blocks }]);
+      if (h.writeSame) return h.writeSame(io, pattern);
+      if (!h.write) throw ScsiError.invalidOpcode();
+      return writeSameViaWrite(h, io, pattern, stagingBytes(this.info));
+    });
+  }
+
+  // ------------------------------------------------------------ COMPARE AND WRITE
+
+  private async compareAndWrite(lba: number, blocks: number, fua: boolean, data: CommandData): Promise<void> {
+    const bs = this.info.blockSize;
+    const half = blocks * bs;
+    // tcmu-runner: verify and write data must both be there (check_iovec_length).
+    if (data.dataLength < 2 * half) throw ScsiError.hardwareError();
+    const h = this.h;
+    if (!h.compareAndWrite && !(h.read && h.write)) throw ScsiError.invalidOpcode();
+    const io: CompareAndWriteIo = {
+      ...makeBlockIo({
+        lba, blocks, blockSize: bs, fua,
+        buffers: sliceBuffers(data.buffers, half, half),
+        iovecs: sliceIovecs(data.iovecs, half, half),
+      }),
+      compare: sliceBuffers(data.buffers, 0, half),
+      compareIovecs: sliceIovecs(data.iovecs, 0, half),
+    };
+    const res = await this.locked(lba, blocks, true, () =>
+      h.compareAndWrite ? h.compareAndWrite(io) : compareAndWriteViaReadWrite(h, io, bs),
+    );
+    if (!res.ok) throw ScsiError.miscompare(res.offset);
+  }
+
+  // ------------------------------------------------------------ VERIFY / WRITE AND VERIFY
+
+  /**
+   * Read [lba, lba+blocks) back chunk by chunk; `check(view, at)` sees each
+   * chunk with its byte offset from the start of the range.
+   */
+  private async readBack(lba: number, blocks: number, check?: (view: Uint8Array, at: number) => void): Promise<void> {
+    const h = this.h;
+    if (!h.read) throw ScsiError.invalidOpcode();
+    const bs = this.info.blockSize;
+    const per = Math.min(blocks, chunkBlocks(this.info));
+    const scratch = new Uint8Array(per * bs);
+    for (let done = 0; done < blocks; ) {
+      const n = Math.min(per, blocks - done);
+      const view = n === per ? scratch : scratch.subarray(0, n * bs);
+      await h.read(makeBlockIo({ lba: lba + done, blocks: n, blockSize: bs, buffers: [view] }));
+      check?.(view, done * bs);
+      done += n;
+    }
+  }
+
+  /**
+   * VERIFY: BYTCHK 0 reads the blocks back (a failed read is a MEDIUM
+   * ERROR); 1 compares them with the Data-Out Buffer; 3 compares each with
+   * the single block sent. MISCOMPARE carries the offset of the first
+   * differing byte (for 3, counted as if the block were repeated).
+   */
+  private async verify(lba: number, blocks: number, bytchk: 0 | 1 | 3, data: CommandData): Promise<void> {
+    const bs = this.info.blockSize;
+    if (bytchk === 0) return this.readBack(lba, blocks);
+    if (bytchk === 1) {
+      if (data.dataLength < blocks * bs) throw ScsiError.hardwareError();
+      return this.readBack(lba, blocks, (view, at) => {
+        const diff = compareBuffers(sliceBuffers(data.buffers, at, view.length), view);
+        if (diff >= 0) throw ScsiError.miscompare(at + diff);
+      });
+    }
+    if (data.dataLength < bs) throw ScsiError.hardwareError();
+    const block = patternOf(data.buffers, bs);
+    return this.readBack(lba, blocks, (view, at) => {
+      for (let off = 0; off < view.length; off += bs) {
+        const diff = compareBuffers([block], view.subarray(off, off + bs));
+        if (diff >= 0) throw ScsiError.miscompare(at + off + diff);
+      }
+    });
+  }
+
+  /**
+   * WRITE AND VERIFY: write, read back, compare (tcmu-runner compares
+   * whatever BYTCHK says). The range is held exclusively from the write to
+   * the end of the compare, so an overlapping write cannot make it miscompare.
+   */
+  private async writeVerify(lba: number, blocks: number, data: CommandData): Promise<void> {
+    const h = this.h;
+    if (!h.write || !h.read) throw ScsiError.invalidOpcode();
+    const bs = this.info.blockSize;
+    const length = blocks * bs;
+    if (data.dataLength < length) throw ScsiError.hardwareError();
+    const buffers = sliceBuffers(data.buffers, 0, length);
+    await this.locked(lba, blocks, true, async () => {
+      try {
+        await h.write!(makeBlockIo({ lba, blocks, blockSize: bs, buffers, iovecs: sliceIovecs(data.iovecs, 0, length) }));
+      } catch (e) {
+        throw markWrite(e);
+      }
+      await this.readBack(lba, blocks, (view, at) => {
+        const diff = compareBuffers(sliceBuffers(buffers, at, view.length), view);
+        if (diff >= 0) throw ScsiError.miscompare(at + diff);
+      });
+    });
+  }
+
+  // ------------------------------------------------------------ FORMAT UNIT
+
+  /**
+   * FORMAT UNIT: zeros over the whole medium, 1 MiB (rounded up to whole
+   * transfers) at a time, through writeSame when the handler has it, else
+   * write. While it runs every command but INQUIRY, REPORT LUNS and
+   * REQUEST SENSE gets NOT READY, FORMAT IN PROGRESS with the progress;
+   * REQUEST SENSE returns that sense as its data. With IMMED the command
+   * completes at once.
+   */
+  private async format(immed: boolean): Promise<void> {
+    const h = this.h;
+    if (!h.write && !h.writeSame) throw ScsiError.invalidOpcode();
+    const pending = this.formatError();
+    if (pending) throw pending;
+    this.formatProgress = 0;
+    const job = this.zeroAll().finally(() => {
+      this.formatProgress = undefined;
+    });
+    if (immed) {
+      this.x.track(job.catch((e) => this.x.log.error(`FORMAT UNIT failed: ${e instanceof Error ? e.message : String(e)}`)));
+      return;
+    }
+    try {
+      await job;
+    } catch (e) {
+      throw markWrite(e);
+    }
+  }
+
+  private async zeroAll(): Promise<void> {
+    const h = this.h;
+    const bs = this.info.blockSize;
+    const total = this.info.numLbas;
+    this.x.log.info(`format: writing zeros over ${total} blocks`);
+    const per = Math.max(1, Math.min(total, Math.floor(stagingBytes(this.info) / bs)));
+    const zeroBlock = new Uint8Array(bs);
+    const zeros = h.writeSame ? undefined : new Uint8Array(per * bs);
+    for (let done = 0; done < total; ) {
+      const n = Math.min(per, total - done);
+      if (h.writeSame) {
+        const io: BlockIo = { lba: done, blocks: n, offset: done * bs, length: n * bs, buffers: [], iovecs: undefined, fua: false };
+        await h.writeSame(io, zeroBlock);
+      } else {
+        await h.write!(makeBlockIo({ lba: done, blocks: n, blockSize: bs, buffers: [zeros!.subarray(0, n * bs)] }));
+      }
+      done += n;
+      if (done < total) this.formatProgress = Math.min(0xffff, Math.floor((0x10000 * done) / total));
+    }
+    this.x.log.info('format: done');
+  }
+
+  // ------------------------------------------------------------ EXTENDED COPY
+
+  private get myNaa(): string {
+    return (this.naaHex ??= toHex(naaDesignator(this.info.wwn ?? this.info.serial)));
+  }
+
+  private async copyEnd(naa: Uint8Array): Promise<CopyEnd | undefined> {
+    const hex = toHex(naa);
+    if (hex === this.myNaa) return { blockSize: this.info.blockSize, numLbas: this.info.numLbas, maxXferBlocks: this.info.maxXferBlocks };
+    const p = await this.x.peers?.lookup(hex);
+    return p && { peer: p.name, blockSize: p.blockSize, numLbas: p.numLbas, maxXferBlocks: p.maxXferBlocks };
+  }
+
+  /**
+   * EXTENDED COPY between this LUN and any LUN of the daemon (itself
+   * included), found by the NAA designator of its VPD 83h page. As in
+   * tcmu-runner one end must be the LUN the command came to. Blocks move
+   * through a SharedArrayBuffer the other LUN's worker reads or fills, via
+   * the supervisor. tcmu-runner refuses copies between two different
+   * devices, since it cannot check the initiator may reach the other one;
+   * here every LUN the daemon serves counts as reachable.
+   */
+  private async extendedCopy(segments: readonly XcopySegment[]): Promise<void> {
+    for (const seg of segments) {
+      const src = await this.copyEnd(seg.source);
+      const dst = await this.copyEnd(seg.destination);
+      if (!src || !dst || (src.peer !== undefined && dst.peer !== undefined)) throw ScsiError.copyTargetNotReachable();
+      if (src.blockSize !== dst.blockSize) throw ScsiError.incorrectCopyTargetType();
+      if (seg.sourceLba + BigInt(seg.blocks) > BigInt(src.numLbas)) throw ScsiError.lbaOutOfRange(seg.sourceLba);
+      if (seg.destinationLba + BigInt(seg.blocks) > BigInt(dst.numLbas)) throw ScsiError.lbaOutOfRange(seg.destinationLba);
+      if (seg.blocks === 0) continue;
+      await this.copySegment(src, Number(seg.sourceLba), dst, Number(seg.destinationLba), seg.blocks);
+    }
+  }
+
+  private async copySegment(src: CopyEnd, srcLba: number, dst: CopyEnd, dstLba: number, blocks: number): Promise<void> {
+    const bs = src.blockSize;
+    const limit = (m: number) => (m > 0 ? m : 2048);
+    const per = Math.max(1, Math.min(blocks, limit(src.maxXferBlocks), limit(dst.maxXferBlocks)));
+    const sab = new SharedArrayBuffer(per * bs);
+    // Within one LUN, a destination just after an overlapping source is copied from the end.
+    const backwards = src.peer === dst.peer && dstLba > srcLba && dstLba < srcLba + blocks;
+    for (let done = 0; done < blocks; ) {
+      const n = Math.min(per, blocks - done);
+      const off = backwards ? blocks - done - n : done;
+      await this.copyIo(src, 'read', srcLba + off, n, sab);
+      await this.copyIo(dst, 'write', dstLba + off, n, sab);
+      done += n;
+    }
+  }
+
+  private async copyIo(end: CopyEnd, op: 'read' | 'write', lba: number, blocks: number, sab: SharedArrayBuffer): Promise<void> {
+    if (end.peer === undefined) {
+      await this.localIo(op, lba, blocks, sab, 0);
+      return;
+    }
+    try {
+      await this.x.peers!.io(end.peer, op, lba, blocks, sab, 0);
+    } catch (e) {
+      // The other LUN gone, or not ready (standby, formatting): its copy target is not reachable.
+      if ((e instanceof ScsiError && e.key === SenseKey.NOT_READY) || (e as { code?: string }).code === 'ENODEV') {
+        throw ScsiError.copyTargetNotReachable();
+      }
+      throw op === 'write' ? markWrite(e) : e;
+    }
+  }
+
+  /** Block IO on this LUN for a copy, ours or another worker's. */
+  private async localIo(op: 'read' | 'write', lba: number, blocks: number, buf: SharedArrayBuffer, offset: number): Promise<void> {
+    const bs = this.info.blockSize;
+    const io = makeBlockIo({ lba, blocks, blockSize: bs, buffers: [new Uint8Array(buf, offset, blocks * bs)] });
+    if (op === 'read') {
+      if (!this.h.read) throw ScsiError.invalidOpcode();
+      await this.h.read(io);
+      return;
+    }
+    if (!this.h.write) throw ScsiError.invalidOpcode();
+    await this.locked(lba, blocks, false, async () => {
+      try {
+        await this.h.write!(io);
+      } catch (e) {
+        throw markWrite(e);
+      }
+    });
+  }
+
+  /**
+   * Serve another worker's EXTENDED COPY read or write of this LUN, with the
+   * checks a command would get here: format, ALUA state, range, write protect.
+   */
+  async servePeerIo(op: 'read' | 'write', lba: number, blocks: number, buf: SharedArrayBuffer, offset: number): Promise<void> {
+    const pending = this.formatError();
+    if (pending) throw pending;
+    this.alua?.check(op === 'read');
+    if (!Number.isSafeInteger(lba) || lba < 0 || lba + blocks > this.info.numLbas) throw ScsiError.lbaOutOfRange(lba);
+    if (op === 'write' && this.info.writeProtect) throw ScsiError.writeProtected();
+    if (offset + blocks * this.info.blockSize > buf.byteLength) throw ScsiError.hardwareError();
+    await this.localIo(op, lba, blocks, buf, offset);
+  }
+}
+
+/** Errors from a write path: EIO becomes WRITE ERROR, not UNRECOVERED READ ERROR. */
+function markWrite(e: unknown): unknown {
+  if ((e as { code?: string } | null)?.code === 'EIO') return ScsiError.writeError();
+  return e;
+}
+
+function copyInto(buffers: readonly Uint8Array[], data: Uint8Array): number {
+  let done = 0;
+  for (let i = 0; i < buffers.length && done < data.length; i++) {
+    const n = Math.min(buffers[i].length, data.length - done);
+    buffers[i].set(data.subarray(done, done + n));
+    done += n;
+  }
+  return done;
+}
+
