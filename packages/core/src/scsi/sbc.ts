@@ -235,8 +235,8 @@ export interface FormatUnitFields {
 export function decodeFormatUnit(cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut: Uint8Array | undefined): FormatUnitFields {
   checkControlByte(cdb, 6);
   if (cdb[1] & 0xc0) throw ScsiError.invalidField(1, 7); // FMTPINFO: no protection information
-  requireZeroBytes(cdb, 3, 5); // obsolete bytes
   if (cdb[4] & 0x03) throw ScsiError.invalidField(4, 1); // FFMT (SBC-4): only a full format
+  requireZeroBytes(cdb, 3, 5); // obsolete (interleave)
   if (dev.writeProtect) throw ScsiError.writeProtected();
   const fmtdata = (cdb[1] & 0x10) !== 0;
   if (!fmtdata) return { immed: false };
