@@ -4,6 +4,7 @@
  * range lock, without a ring or a worker.
  */
 import { expect } from 'chai';
+import fc from 'fast-check';
 import {
   AluaState, PLANNED_OPCODES, SUPPORTED_OPCODES, Tpgs, accessStateError, copyOperatingParameters, decodeExtendedCopy,
   decodeSense, decodeSetTargetPortGroups, emulate, modePage, planCommand, portDesignators, reportTargetPortGroupsData,
@@ -242,5 +243,53 @@ describe('scsi parity core: LBA range lock', () => {
     l.release(await late);
     expect(order).to.deep.equal(['caw', 'late write']);
     expect(l.waits).to.equal(2);
+  });
+});
+
+describe('scsi parity core: planCommand robustness (fast-check)', () => {
+  it('never throws, and every plan stays inside the medium, for random CDBs and parameter lists', () => {
+    const alua: AluaInfo = {
+      failover: 'explicit',
+      groups: [{ name: 'g', id: 1, state: 0, supported: 5, preferred: false, status: 0, implicitTransitionSecs: 0, ports: [{ fabric: 'iscsi', wwn: 'iqn.x', tpgt: 1, relativePortId: 1, protocolId: 5, enabled: true }] }],
+    };
+    const dev = full({ numLbas: 4096, alua, changeableDSense: true });
+    const opcode = fc.oneof(fc.constantFrom(...PLANNED_OPCODES), fc.integer({ min: 0, max: 255 }));
+    fc.assert(
+      fc.property(opcode, fc.uint8Array({ maxLength: 20 }), fc.option(fc.uint8Array({ maxLength: 128 }), { nil: undefined }), (op, rest, out) => {
+        const c = new Uint8Array(1 + rest.length);
+        c[0] = op;
+        c.set(rest, 1);
+        const [wc, ds] = [dev.writeCache, dev.dSense];
+        const o = planCommand(c, dev, out);
+        dev.writeCache = wc;
+        dev.dSense = ds;
+        const inside = (lba: number, blocks: number) => {
+          expect(Number.isSafeInteger(lba) && lba >= 0).to.equal(true);
+          expect(lba + blocks).to.be.at.most(dev.numLbas);
+        };
+        switch (o.kind) {
+          case 'done':
+            expect([0, 2]).to.include(o.status);
+            if (o.status === 2) expect(decodeSense(o.sense!)).to.not.equal(undefined);
+            break;
+          case 'read': case 'write': case 'flush': case 'write-same': case 'compare-and-write': case 'verify': case 'write-verify':
+            expect(o.blocks).to.be.greaterThan(0);
+            inside(o.lba, o.blocks);
+            break;
+          case 'unmap':
+            expect(o.ranges.length).to.be.greaterThan(0);
+            for (const r of o.ranges) inside(r.lba, r.blocks);
+            break;
+          case 'xcopy':
+            expect(o.segments.length).to.be.greaterThan(0);
+            break;
+          case 'format': case 'rtpg': case 'stpg':
+            break;
+          default:
+            expect.fail(`unexpected plan ${o.kind}`);
+        }
+      }),
+      { numRuns: 5000 },
+    );
   });
 });

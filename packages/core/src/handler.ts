@@ -223,7 +223,11 @@ export interface DeviceHandler {
   flush?(): Promise<void>;
   /** UNMAP / WRITE SAME with the UNMAP bit: the ranges must read back as zeros afterwards. */
   unmap?(ranges: readonly LbaRange[]): Promise<void>;
-  /** WRITE SAME: `pattern` is one block, to be written to every block of `io`'s range. */
+  /**
+   * WRITE SAME: `pattern` is one block, to be written to every block of `io`'s range.
+   * The engine passes `io.buffers` empty (the range may be far larger than any
+   * buffer); only lba/blocks/offset/length/fua describe it.
+   */
   writeSame?(io: BlockIo, pattern: Uint8Array): Promise<void>;
   compareAndWrite?(io: CompareAndWriteIo): Promise<CompareResult>;
   /**

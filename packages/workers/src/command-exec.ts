@@ -117,6 +117,7 @@ export class CommandExecutor {
   /** Set while FORMAT UNIT runs: progress 0..65535 for sense-key-specific bytes. */
   formatProgress: number | undefined;
   private naaHex?: string;
+  private cancelled = false;
 
   constructor(private readonly x: ExecOptions) {
     if (enabledPort(x.info.alua)) {
@@ -130,6 +131,11 @@ export class CommandExecutor {
 
   private get h(): DeviceHandler {
     return this.x.handler;
+  }
+
+  /** The device is stopping: a running format ends at its next chunk instead of holding the stop up. */
+  cancel(): void {
+    this.cancelled = true;
   }
 
   /** NOT READY, FORMAT IN PROGRESS with where the format is, or undefined when none runs. */
@@ -357,6 +363,7 @@ export class CommandExecutor {
     const zeroBlock = new Uint8Array(bs);
     const zeros = h.writeSame ? undefined : new Uint8Array(per * bs);
     for (let done = 0; done < total; ) {
+      if (this.cancelled) throw ScsiError.internalFailure(new Error('format interrupted: the device is stopping'));
       const n = Math.min(per, total - done);
       if (h.writeSame) {
         const io: BlockIo = { lba: done, blocks: n, offset: done * bs, length: n * bs, buffers: [], iovecs: undefined, fua: false };

@@ -157,6 +157,7 @@ export class DeviceEngine {
    */
   stop(): void {
     this.stopping = true;
+    this.exec.cancel();
   }
 
   /** E.g. CAPACITY DATA HAS CHANGED after a dev_size change. */
