@@ -1,7 +1,8 @@
 import { closeFd, openFile, O_RDWR, O_CLOEXEC, O_NONBLOCK } from '@tcmu-ts/ring';
 import type { TcmuConfigfsDevice, UioDevice } from '@tcmu-ts/core';
 import type { RingEndpoint } from './device-spec.js';
-import type { DeviceBackend } from './supervisor.js';
+import type { DeviceBackend, DeviceExtras } from './supervisor.js';
+import { readAluaInfo, readCmdTimeOut, writeAluaState } from './alua-config.js';
 
 /** A device served by the real target_core_user: the UIO fd for the ring, configfs for the actions. */
 export class KernelBackend implements DeviceBackend {
@@ -25,6 +26,13 @@ export class KernelBackend implements DeviceBackend {
   }
   async resetRing(): Promise<void> {
     await this.configfs.resetRing(1);
+  }
+  async readDeviceExtras(): Promise<DeviceExtras> {
+    const [cmdTimeOut, alua] = await Promise.all([readCmdTimeOut(this.configfs).catch(() => undefined), readAluaInfo(this.configfs)]);
+    return { cmdTimeOut, alua };
+  }
+  writeAluaState(group: string, state: number, status: number): Promise<void> {
+    return writeAluaState(this.configfs, group, state, status);
   }
   close(): void {
     this.endpoint.close?.();

@@ -6,8 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { TcmuConfigfsDevice, naaDesignator } from '@tcmu-ts/core';
-import { readAluaInfo, readCmdTimeOut, writeAluaState } from './alua-config.js';
+import { naaDesignator } from '@tcmu-ts/core';
 import { toHex } from './command-exec.js';
 import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
 import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
@@ -20,7 +19,13 @@ export interface DeviceBackend {
   unblock(): void | Promise<void>;
   /** action/reset_ring: the kernel fails what is on the ring and empties it. */
   resetRing(): void | Promise<void>;
+  /** What the kernel knows beyond the spec (tcmur_cmd_time_out, ALUA groups), when it has a configfs. */
+  readDeviceExtras?(): Promise<DeviceExtras>;
+  /** Record an ALUA state change in the kernel, as tcmu-runner does. */
+  writeAluaState?(group: string, state: number, status: number): Promise<void>;
 }
+
+export type DeviceExtras = Partial<Pick<DeviceSpec, 'cmdTimeOut' | 'alua'>>;
 
 export type DeviceState = 'starting' | 'running' | 'restarting' | 'stopping' | 'stopped' | 'failed';
 
@@ -57,12 +62,6 @@ export class DeviceOpenError extends Error {
 
 const WORKER_URL = new URL('./device-worker.js', import.meta.url);
 
-/** The configfs device behind a backend, when it has one (KernelBackend does). */
-function configfsOf(backend: DeviceBackend): TcmuConfigfsDevice | undefined {
-  const c = (backend as { configfs?: unknown }).configfs;
-  return c instanceof TcmuConfigfsDevice ? c : undefined;
-}
-
 /** An EXTENDED COPY block IO one worker asked of another, in flight through the supervisor. */
 interface PeerForward {
   readonly from: ManagedDevice;
@@ -95,12 +94,12 @@ export class Supervisor extends EventEmitter {
 
   /**
    * Start a worker for the device; resolves once the handler has opened it.
-   * For a backend with a configfs device, the ALUA groups and
-   * tcmur_cmd_time_out the spec does not give are read from configfs.
+   * What the spec leaves out (ALUA groups, tcmur_cmd_time_out) is asked of
+   * the backend, which reads it from configfs on a real kernel.
    */
   async addDevice(spec: DeviceSpec, backend: DeviceBackend): Promise<ManagedDevice> {
     if (this.devices.has(spec.name)) throw new Error(`device ${spec.name} already exists`);
-    spec = await this.fromConfigfs(spec, backend);
+    spec = await this.withBackendExtras(spec, backend);
     if (this.devices.has(spec.name)) throw new Error(`device ${spec.name} already exists`);
     const dev: ManagedDevice = { spec, backend, counters: createCounterBuffer(), state: 'starting', restarts: 0, numLbas: spec.numLbas };
     this.devices.set(spec.name, dev);
@@ -113,24 +112,18 @@ export class Supervisor extends EventEmitter {
     return dev;
   }
 
-  private async fromConfigfs(spec: DeviceSpec, backend: DeviceBackend): Promise<DeviceSpec> {
-    const cfs = configfsOf(backend);
-    if (!cfs) return spec;
-    let out = spec;
-    if (out.cmdTimeOut === undefined) {
-      const t = await readCmdTimeOut(cfs).catch(() => undefined);
-      if (t !== undefined) out = { ...out, cmdTimeOut: t };
+  private async withBackendExtras(spec: DeviceSpec, backend: DeviceBackend): Promise<DeviceSpec> {
+    if (!backend.readDeviceExtras || (spec.cmdTimeOut !== undefined && spec.alua !== undefined)) return spec;
+    let extras: DeviceExtras;
+    try {
+      extras = await backend.readDeviceExtras();
+    } catch (e) {
+      this.log('warn', spec.name, `cannot read the device's ALUA groups and daemon options: ${e instanceof Error ? e.message : String(e)}; serving without them`);
+      return spec;
     }
-    if (out.alua === undefined) {
-      try {
-        const alua = await readAluaInfo(cfs);
-        if (alua) {
-          out = { ...out, alua };
-          this.log('info', spec.name, `ALUA: ${alua.failover} failover, groups ${alua.groups.map((g) => `${g.name}(${g.id})`).join(', ')}`);
-        }
-      } catch (e) {
-        this.log('warn', spec.name, `cannot read the ALUA groups: ${e instanceof Error ? e.message : String(e)}; serving without ALUA`);
-      }
+    const out = { ...spec, cmdTimeOut: spec.cmdTimeOut ?? extras.cmdTimeOut, alua: spec.alua ?? extras.alua };
+    if (out.alua && !spec.alua) {
+      this.log('info', spec.name, `ALUA: ${out.alua.failover} failover, groups ${out.alua.groups.map((g) => `${g.name}(${g.id})`).join(', ')}`);
     }
     return out;
   }
@@ -292,10 +285,10 @@ export class Supervisor extends EventEmitter {
       ...dev.spec,
       alua: { failover: alua.failover, groups: alua.groups.map((g) => ({ ...g, ...(byName.has(g.name) ? { state: byName.get(g.name)!.state, status: byName.get(g.name)!.status } : {}) })) },
     };
-    const cfs = configfsOf(dev.backend);
-    if (!cfs) return;
+    const write = dev.backend.writeAluaState?.bind(dev.backend);
+    if (!write) return;
     for (const g of groups) {
-      void writeAluaState(cfs, g.name, g.state, g.status).catch((e) =>
+      void write(g.name, g.state, g.status).catch((e) =>
         this.log('error', dev.spec.name, `could not change the kernel's state of ALUA group ${g.name} to ${g.state}: ${e instanceof Error ? e.message : String(e)}`),
       );
     }
