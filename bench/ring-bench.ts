@@ -145,6 +145,10 @@ interface RunResult {
   };
   ring: { irqsPerCmd: number; kicksPerCmd: number; qfullQueued: number; cmdTimeouts: number };
   native?: { passesPerCmd: number; maxBatch: number };
+  /** tcmu: the engine's own counters over the window. */
+  engine?: { wakeupsPerCmd: number; kicksPerCmd: number };
+  /** jsPool/jsSync: drains and waits per command. */
+  js?: { drainsPerCmd: number; waitsPerCmd: number; kicksPerCmd: number };
   warnings?: string[];
 }
 
@@ -226,15 +230,22 @@ async function runOne(p: Params, consumer: Consumer, t: Timing, nativeBin: strin
     const otherThreadCores = threadCores(thr0, sampleThreads(), secs);
     const sim1 = sumSim(sims.map((s) => s.counters()));
     let engineLatUs: RunResult['engineLatUs'];
+    let engineStats: RunResult['engine'];
     if (sup) {
       const eng1 = [...sup.devices.keys()].map((n) => sup!.snapshot(n)!);
       const b = eng1.map((s, i) => diffBuckets(rwBuckets(eng0[i]), rwBuckets(s))).reduce((a, x) => a.map((v, i) => v + x[i]));
       engineLatUs = { p50: round(quantileFromBuckets(b, 0.5) * 1e6), p99: round(quantileFromBuckets(b, 0.99) * 1e6) };
+      const sum = (xs: CounterSnapshot[], f: (s: CounterSnapshot) => number) => xs.reduce((acc, x) => acc + f(x), 0);
+      const ecmds = Math.max(1, sum(eng1, (s) => s.ops.read.commands + s.ops.write.commands) - sum(eng0, (s) => s.ops.read.commands + s.ops.write.commands));
+      engineStats = {
+        wakeupsPerCmd: round((sum(eng1, (s) => s.wakeups) - sum(eng0, (s) => s.wakeups)) / ecmds, 3),
+        kicksPerCmd: round((sum(eng1, (s) => s.kicks) - sum(eng0, (s) => s.kicks)) / ecmds, 3),
+      };
     }
     await driver.stop();
     let nstats: NativeStats[] = [];
     if (natives.length) nstats = await Promise.all(natives.splice(0).map((n) => n.stop()));
-    await Promise.all(jsConsumers.splice(0).map((j) => j.stop()));
+    const jstats = await Promise.all(jsConsumers.splice(0).map((j) => j.stop()));
     const consumerS = consumer === 'native' || consumer === 'null' ? cpu.childrenS : cpu.processS - cpu.mainS;
     const cmds = Math.max(1, w.commands);
     const res: RunResult = {
@@ -265,6 +276,12 @@ async function runOne(p: Params, consumer: Consumer, t: Timing, nativeBin: strin
       const total = nstats.reduce((a, s) => a + s.commands, 0);
       res.native = { passesPerCmd: round(passes / Math.max(1, total), 3), maxBatch: Math.max(...nstats.map((s) => s.maxBatch)) };
     }
+    if (engineStats) res.engine = engineStats;
+    if (jstats.length) {
+      const tot = (f: (s: (typeof jstats)[number]) => number) => jstats.reduce((acc, x) => acc + f(x), 0);
+      const jc = Math.max(1, tot((x) => x.commands));
+      res.js = { drainsPerCmd: round(tot((x) => x.drains) / jc, 3), waitsPerCmd: round(tot((x) => x.waits) / jc, 3), kicksPerCmd: round(tot((x) => x.kicks) / jc, 3) };
+    }
     if (warnings.length) res.warnings = warnings.slice(0, 5);
     return res;
   } finally {
@@ -288,6 +305,8 @@ interface Entry {
   /** Experiments: the bare ring layer in a worker thread, waiting on the libuv pool (as the engine does) or blocking in place. */
   jsPool?: RunResult;
   jsSync?: RunResult;
+  /** Runs that failed (consumer: message). */
+  failures?: string[];
   /** tcmu-ts IOPS / native IOPS, same configuration, same run. */
   ratioToNative: number | null;
   /** Share of the generator's own ceiling (null consumer) each consumer reached. */
@@ -406,7 +425,7 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --only <regex>       run only configurations whose id or group matches
   --consumers <list>   comma-separated subset of tcmu,native,null,jsPool,jsSync
   --repeat <n>         run each configuration n times, consumers interleaved, keep
-                       the best run of each (default 1 quick, 2 full)
+                       the best run of each (default 1)
   --warmup-ms <n>      per run (default 300 quick, 1000 full)
   --measure-ms <n>     per run (default 1000 quick, 3000 full)
   --no-memcpy          skip the memcpy bandwidth measurement
@@ -429,7 +448,7 @@ async function main(): Promise<number> {
   const name = a.name ?? (quick ? 'quick' : 'full');
   const timing: Timing = { warmupMs: Number(a['warmup-ms'] ?? (quick ? 300 : 1000)), measureMs: Number(a['measure-ms'] ?? (quick ? 1000 : 3000)) };
   const consumers = new Set((a.consumers ?? 'tcmu,native,null,jsPool,jsSync').split(',') as Consumer[]);
-  const repeat = Math.max(1, Number(a.repeat ?? (quick ? 1 : 2)));
+  const repeat = Math.max(1, Number(a.repeat ?? 1));
   const only = a.only ? new RegExp(a.only) : undefined;
   const resultsDir = join(BENCH_DIR, 'results');
   mkdirSync(resultsDir, { recursive: true });
@@ -472,7 +491,16 @@ async function main(): Promise<number> {
         if (!consumers.has(c)) continue;
         k++;
         process.stderr.write(`[${String(k).padStart(3)}/${runs} ${elapsed().padStart(4)}] ${p.group.padEnd(16)} ${e.id.padEnd(52)} ${c.padEnd(6)} `);
-        const r = await runOne(p.params, c, timing, native.path, workDir);
+        let r: RunResult;
+        try {
+          r = await runOne(p.params, c, timing, native.path, workDir);
+        } catch (err) {
+          // One failed run is reported, not fatal: the rest of the sweep still says something.
+          const msg = err instanceof Error ? err.message : String(err);
+          process.stderr.write(`FAILED: ${msg}\n`);
+          (e.failures ??= []).push(`${c}: ${msg}`);
+          continue;
+        }
         const prev = e[c];
         r.iopsRuns = [...(prev?.iopsRuns ?? []), r.iops];
         if (!prev || r.iops > prev.iops) e[c] = r;
@@ -526,6 +554,8 @@ async function main(): Promise<number> {
   }
   process.stdout.write('\ntargets (reported, not asserted):\n');
   for (const x of t) process.stdout.write(`  ${x.met === null ? '  ?' : x.met ? ' ok' : 'MISS'}  ${x.name.padEnd(22)} ${x.goal.padEnd(28)} measured ${x.measured}\n`);
+  const failed = entries.filter((e) => e.failures?.length);
+  if (failed.length) process.stdout.write(`\nfailed runs: ${failed.map((e) => `${e.id}: ${e.failures!.join('; ')}`).join('\n  ')}\n`);
   const bound = entries.filter((e) => e.generatorBound).map((e) => e.id);
   if (bound.length) process.stdout.write(`\nload-generator bound (native within 10 % of the null consumer): ${bound.join('; ')}\n`);
   process.stdout.write(`\nwrote ${file}\n${svgs.map((s) => `wrote ${s}`).join('\n')}\ntook ${elapsed()}\n`);

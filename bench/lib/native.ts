@@ -61,13 +61,13 @@ export function startNative(bin: string, ep: UioEndpoint, o: NativeOptions): Nat
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit', ep.mapFd, ep.eventFd] });
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close' comes after 'exit' once stdout has been read to its end: the counters line is complete then.
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   return {
     child,
     async stop(): Promise<NativeStats> {
       child.kill('SIGTERM');
       const code = await exited;
-      await new Promise((r) => setImmediate(r));
       if (code !== 0) throw new Error(`native consumer exited with ${code}`);
       return JSON.parse(out.trim().split('\n').pop()!) as NativeStats;
     },
