@@ -9,6 +9,8 @@
 #   tcmu.timeout=<s>              scenario timeout inside the guest (default 240)
 #   tcmu.modules=all|none         insmod the target stack before the scenario (default all)
 #   tcmu.hostrepo=<abs path>      the repo's path on the host: symlinked to /repo
+#   tcmu.build=<path in repo>     tar of the built tree (run.sh): unpacked to /opt/tcmu-ts = TCMU_BUILD
+#   tcmu.env.NAME=VALUE           exported to the scenario (run.sh --env NAME=VALUE)
 #
 # Writes into the results directory: status (the scenario's exit code, last),
 # scenario.log, timings.tsv (boot phases, appended to by the scenario),
@@ -42,6 +44,7 @@ OUT_REL=$(param tcmu.out || echo .vm-cache/results/runs/unnamed)
 TMO=$(param tcmu.timeout || echo 240)
 MODS=$(param tcmu.modules || echo all)
 HOSTREPO=$(param tcmu.hostrepo || true)
+BUILD_REL=$(param tcmu.build || true)
 OUT=/repo/$OUT_REL
 mkdir -p "$OUT" || { echo "TCMU-VM: cannot create $OUT"; poweroff_now; }
 TIMINGS=$OUT/timings.tsv
@@ -72,6 +75,22 @@ fi
 KVER=$(uname -r)
 export TCMU_REPO=/repo TCMU_OUT=$OUT TCMU_KVER=$KVER TCMU_MODULES_LOAD=/etc/tcmu-vm/modules.load
 export TCMU_HOSTREPO=${HOSTREPO:-/repo}
+for w in $(</proc/cmdline); do
+  case $w in tcmu.env.[A-Za-z_]*=*) w=${w#tcmu.env.}; export "${w%%=*}=${w#*=}" ;; esac
+done
+# where the scenario finds the built daemon: run.sh's frozen copy on the guest's
+# disk (node loads modules ~8x faster than through 9p), else the live tree
+export TCMU_BUILD=/repo
+if [ -n "$BUILD_REL" ] && [ -f "/repo/$BUILD_REL" ]; then
+  t0=$(up)
+  if mkdir -p /opt/tcmu-ts && tar -C /opt/tcmu-ts -xf "/repo/$BUILD_REL" && [ -f /opt/tcmu-ts/packages/workers/dist/cli.js ]; then
+    export TCMU_BUILD=/opt/tcmu-ts
+    tsv build_unpacked_at "$(up)"
+    echo "[stage2 $(up)s] built tree unpacked to /opt/tcmu-ts (from $BUILD_REL)"
+  else
+    echo "TCMU-VM: cannot unpack /repo/$BUILD_REL: the scenario uses the live tree"
+  fi
+fi
 
 # Load the target stack in prepare.sh's order (modprobe --show-depends on the host).
 load_modules() {

@@ -14,12 +14,23 @@
 #          --out DIR     results directory inside the repo (default .vm-cache/results/runs/<stamp>-<name>)
 #          --no-modules  do not load the target stack before the scenario
 #          --mem MB, --smp N, --append "k=v ..." (extra kernel parameters)
+#          --env NAME=VALUE  export NAME to the scenario (no spaces; repeatable)
+#          --live        let the guest run the working tree's dist/ (default: a
+#                        frozen copy, see below)
 #          -v            stream the serial console to stderr
+#
+# The guest reads the repo live over 9p, so a rebuild on the host during a run
+# could hand the daemon a half-written dist/ file, and node loads modules
+# through 9p about 8 times slower than from a local disk. Unless --live, run.sh
+# first packs the built tree (scripts/vm/snapshot-build.mjs: dist/ and the
+# production node_modules) into .vm-cache/build/<run>.tar; guest-init.sh
+# unpacks it to /opt/tcmu-ts and the scenario gets that path as TCMU_BUILD
+# (/repo with --live). The tar is deleted after the run.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE=${TCMU_VM_CACHE:-$REPO/.vm-cache}
 VM=$CACHE/vm
-TIMEOUT=300 OUT_REL= MODS=all MEM=2048 SMP=2 EXTRA= VERBOSE=0 SCEN=
+TIMEOUT=300 OUT_REL= MODS=all MEM=2048 SMP=2 EXTRA= VERBOSE=0 SCEN= LIVE=0 ENVS=
 while [ $# -gt 0 ]; do
   case $1 in
     --timeout) TIMEOUT=$2; shift 2 ;;
@@ -28,8 +39,11 @@ while [ $# -gt 0 ]; do
     --mem) MEM=$2; shift 2 ;;
     --smp) SMP=$2; shift 2 ;;
     --append) EXTRA=$2; shift 2 ;;
+    --live) LIVE=1; shift ;;
+    --env) [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*$ ]] || { echo "run.sh: --env wants NAME=VALUE without spaces" >&2; exit 2; }
+      ENVS+=" tcmu.env.$2"; shift 2 ;;
     -v) VERBOSE=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) SCEN=$1; shift ;;
   esac
@@ -52,8 +66,22 @@ CONSOLE=$OUT/console.log
 # so a scenario that merely runs too long still reports (status 124) instead of being killed
 GUEST_TMO=$(( TIMEOUT > 80 ? TIMEOUT - 40 : TIMEOUT / 2 ))
 
+# Frozen copy of the built daemon (see the header and scripts/vm/snapshot-build.mjs).
+BUILD_REL=
+if [ $LIVE = 0 ] && [ -f "$REPO/packages/workers/dist/cli.js" ]; then
+  BUILD_TAR=$REPO/.vm-cache/build/${OUT_REL##*/}.tar   # inside the share, whatever TCMU_VM_CACHE says
+  if node "$REPO/scripts/vm/snapshot-build.mjs" "$BUILD_TAR" >&2; then
+    BUILD_REL=${BUILD_TAR#"$REPO"/}
+    trap 'rm -f "$BUILD_TAR"' EXIT
+  else
+    echo "[vm-run] WARNING: no frozen build; the guest runs the live tree" >&2
+  fi
+fi
+
 APPEND="console=ttyS0 loglevel=4 panic=-1 mitigations=off tsc=reliable no_timer_check i8042.noaux=1 i8042.nokbd=1 edd=off rdinit=/init"
 APPEND+=" tcmu.scenario=$SCEN_REL tcmu.out=$OUT_REL tcmu.timeout=$GUEST_TMO tcmu.modules=$MODS tcmu.hostrepo=$REPO"
+[ -n "$BUILD_REL" ] && APPEND+=" tcmu.build=$BUILD_REL"
+APPEND+=$ENVS
 [ -n "$EXTRA" ] && APPEND+=" $EXTRA"
 
 QEMU=(qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "$MEM" -smp "$SMP"
