@@ -1,18 +1,21 @@
 #!/usr/bin/env node
 // `npm run test:kernel`: real-kernel tests in a TCG-emulated Debian guest.
 //
-//   node test/kernel/run.mjs [--skip-prepare] [--timeout S] [-v] [scenario.sh ...]
+//   node test/kernel/run.mjs [--skip-prepare] [--timeout S] [--env NAME=VALUE]... [--live] [-v] [scenario.sh ...]
 //
 // Prepares the VM (scripts/vm/prepare.sh: cached after the first run, needs
 // root), boots it once per scenario (default: test/kernel/smoke.sh) through
 // scripts/vm/run.sh, and reports the checks and timings the scenario wrote.
 // Reports: .vm-cache/results/<scenario>.json and .md (latest run), plus a copy
-// in the run's own directory. Exits non-zero when a scenario fails, a check
-// fails, or the guest hangs. Plain Node, no build needed.
+// in the run's own directory, with the fio figures, iscsi-test-cu results and
+// side-by-side ratios the scenario left there (results.mjs). Exits non-zero
+// when a scenario fails, a check fails, or the guest hangs. Plain Node, no
+// build needed (scenarios that run our daemon need `npm run build` first).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { collectResults, resultsMarkdown } from './results.mjs';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const cache = process.env.TCMU_VM_CACHE ?? join(repo, '.vm-cache');
@@ -22,14 +25,17 @@ const args = process.argv.slice(2);
 let skipPrepare = false;
 let verbose = false;
 let timeout = 300;
+const passThrough = [];
 const scenarios = [];
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
   if (a === '--skip-prepare') skipPrepare = true;
   else if (a === '-v' || a === '--verbose') verbose = true;
   else if (a === '--timeout') timeout = Number(args[++i]);
+  else if (a === '--env') passThrough.push('--env', args[++i]);
+  else if (a === '--live') passThrough.push('--live');
   else if (a === '-h' || a === '--help') {
-    process.stdout.write(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 12).join('\n') + '\n');
+    process.stdout.write(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 14).join('\n') + '\n');
     process.exit(0);
   } else if (a.startsWith('-')) {
     process.stderr.write(`run.mjs: unknown option ${a}\n`);
@@ -71,7 +77,7 @@ for (const scen of scenarios) {
   const runRel = relative(repo, join(resultsDir, 'runs', `${stamp}-${process.pid}-${name}`));
   const runDir = join(repo, runRel);
   const t0 = performance.now();
-  const r = spawnSync('bash', [join(repo, 'scripts/vm/run.sh'), '--timeout', String(timeout), '--out', runRel, ...(verbose ? ['-v'] : []), scen],
+  const r = spawnSync('bash', [join(repo, 'scripts/vm/run.sh'), '--timeout', String(timeout), '--out', runRel, ...passThrough, ...(verbose ? ['-v'] : []), scen],
     { cwd: repo, stdio: ['ignore', 'inherit', 'inherit'] });
   const wall = secs(t0);
   const status = r.status ?? 128;
@@ -90,6 +96,7 @@ for (const scen of scenarios) {
     prepareSeconds,
     hostWallSeconds: host.host_wall_boot_to_exit ?? wall,
     timings, modules, checks,
+    ...collectResults(runDir),
     runDir: runRel,
   };
   reports.push(report);
@@ -118,6 +125,12 @@ function printSummary(r) {
   const steps = Object.entries(t).filter(([k]) => /^[A-Z]_/.test(k) || !/^(kernel_to|modules_loaded|scenario_|guest_uptime)/.test(k));
   if (steps.length) out.push(`   steps: ${steps.map(([k, v]) => `${k} ${v}s`).join(', ')}`);
   for (const c of r.checks.filter((c) => !c.ok)) out.push(`   FAIL ${c.check}: ${c.detail}`);
+  for (const c of r.comparisons ?? []) out.push(`   ${c.label}: IOPS ${c.iopsA} vs ${c.iopsB} (A/B ${c.iopsRatio}), mean clat ${c.clatMeanUsA} vs ${c.clatMeanUsB} us (A/B ${c.clatRatio})`);
+  if (r.iscsiTestCu) {
+    const c = r.iscsiTestCu;
+    out.push(`   iscsi-test-cu: ${c.suites} suites, ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped${c.incomplete ? `, ${c.incomplete} incomplete` : ''}`);
+    for (const f of c.bySuite.flatMap((s) => s.failures)) out.push(`     failed ${f.test}: ${f.why}`);
+  }
   out.push(`   report: ${relative(repo, join(resultsDir, basename(r.scenario).replace(/\.sh$/, '') + '.md'))}, logs: ${r.runDir}/`);
   process.stdout.write(out.join('\n') + '\n');
 }
@@ -145,5 +158,6 @@ function toMarkdown(r) {
   }
   lines.push('## Checks', '', '| | check | detail |', '|---|---|---|',
     ...r.checks.map((c) => `| ${c.ok ? 'ok' : '**FAIL**'} | ${c.check} | ${String(c.detail).replace(/\|/g, '\\|')} |`), '');
+  lines.push(...resultsMarkdown(r));
   return lines.join('\n');
 }

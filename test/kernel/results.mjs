@@ -1,0 +1,180 @@
+// Results a scenario leaves in its run directory, turned into report sections
+// by run.mjs (plain Node, no build):
+//
+//   fio/<job>.json              fio --output-format=json --output=...: IOPS, bandwidth, latency
+//   iscsi-test-cu/<suite>.log   iscsi-test-cu output (default verbose mode): per test passed/failed/skipped;
+//                               a line 'iscsi-test-cu exit status: N' appended by the scenario
+//   compare.tsv                 label, job A, job B: side-by-side ratios of two fio jobs (A / B)
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const round = (x, d = 1) => (Number.isFinite(x) ? Number(x.toFixed(d)) : null);
+
+function fioSide(s) {
+  if (!s || !s.total_ios) return null;
+  const clat = s.clat_ns ?? {};
+  const p = clat.percentile ?? {};
+  return {
+    ios: s.total_ios,
+    iops: round(s.iops),
+    bwKiBs: round(s.bw),
+    clatMeanUs: round((clat.mean ?? NaN) / 1000),
+    clatP50Us: round((p['50.000000'] ?? NaN) / 1000),
+    clatP99Us: round((p['99.000000'] ?? NaN) / 1000),
+    latMeanUs: round((s.lat_ns?.mean ?? NaN) / 1000),
+  };
+}
+
+/** fio/<job>.json -> { job: { read, write, error, runtimeMs, options } } */
+export function readFio(runDir) {
+  const dir = join(runDir, 'fio');
+  const out = {};
+  if (!existsSync(dir)) return out;
+  for (const f of readdirSync(dir).filter((n) => n.endsWith('.json')).sort()) {
+    const name = f.replace(/\.json$/, '');
+    const text = readFileSync(join(dir, f), 'utf8');
+    const start = text.indexOf('{');
+    let j;
+    try {
+      j = JSON.parse(text.slice(start));
+    } catch (e) {
+      out[name] = { error: `unreadable fio output: ${e.message}` };
+      continue;
+    }
+    const jobs = j.jobs ?? [];
+    const job = jobs[0] ?? {};
+    const o = { ...(j['global options'] ?? {}), ...(job['job options'] ?? {}) };
+    out[name] = {
+      error: jobs.reduce((n, x) => n + (x.error ?? 0), 0),
+      runtimeMs: job.job_runtime ?? null,
+      options: Object.fromEntries(['rw', 'bs', 'iodepth', 'size', 'runtime', 'verify', 'numjobs', 'filename'].filter((k) => o[k] !== undefined).map((k) => [k, o[k]])),
+      read: fioSide(job.read),
+      write: fioSide(job.write),
+    };
+  }
+  return out;
+}
+
+/**
+ * iscsi-test-cu logs -> suites with per-test results. A test that printed
+ * [SKIPPED] and still "passed" (how iscsi-test-cu skips) counts as skipped.
+ */
+export function readIscsiTestCu(runDir) {
+  const dir = join(runDir, 'iscsi-test-cu');
+  if (!existsSync(dir)) return null;
+  const suites = [];
+  for (const f of readdirSync(dir).filter((n) => n.endsWith('.log')).sort()) {
+    const text = readFileSync(join(dir, f), 'utf8');
+    const re = /Suite: (\S+)|Test: (\S+) (?=\.\.\.)|(\[SKIPPED\][^\n]*)|(?:^|\.\.\.)\s*(passed|FAILED)\b|Run Summary/gm;
+    let suite = null;
+    let test = null;
+    let m;
+    let summary = false;
+    const tests = [];
+    while ((m = re.exec(text))) {
+      if (m[1]) suite = m[1];
+      else if (m[2]) test = { suite, name: m[2], result: null, skipReason: null };
+      else if (m[3] && test && !test.skipReason) test.skipReason = m[3].replace(/^\[SKIPPED\]\s*/, '').trim();
+      else if (m[4] && test) {
+        test.result = m[4] === 'FAILED' ? 'failed' : test.skipReason ? 'skipped' : 'passed';
+        tests.push(test);
+        test = null;
+      } else if (m[0] === 'Run Summary') summary = true;
+    }
+    if (test) tests.push({ ...test, result: 'incomplete' });
+    const name = f.replace(/\.log$/, '');
+    const failures = [];
+    for (const t of tests.filter((t) => t.result === 'failed')) {
+      // the first [FAILED] line or assertion after the test's name, as evidence
+      const at = text.indexOf(`Test: ${t.name} ...`);
+      const seg = at >= 0 ? text.slice(at, at + 4000) : '';
+      const why = /\[FAILED\][^\n]*/.exec(seg)?.[0] ?? /\d+\. [^\n]*CU_ASSERT[^\n]*/.exec(seg)?.[0] ?? '';
+      failures.push({ test: `${t.suite}.${t.name}`, why: why.trim().slice(0, 240) });
+    }
+    const rc = /^iscsi-test-cu exit status: (\d+)/m.exec(text)?.[1];
+    suites.push({
+      suite: name,
+      complete: summary,
+      passed: tests.filter((t) => t.result === 'passed').length,
+      failed: tests.filter((t) => t.result === 'failed').length,
+      skipped: tests.filter((t) => t.result === 'skipped').length,
+      incomplete: tests.filter((t) => t.result === 'incomplete').length,
+      skippedTests: tests.filter((t) => t.result === 'skipped').map((t) => ({ test: `${t.suite}.${t.name}`, why: t.skipReason })),
+      failures,
+      ...(rc !== undefined ? { exit: Number(rc) } : {}),
+    });
+  }
+  const sum = (k) => suites.reduce((n, s) => n + s[k], 0);
+  return { suites: suites.length, passed: sum('passed'), failed: sum('failed'), skipped: sum('skipped'), incomplete: sum('incomplete'), bySuite: suites };
+}
+
+/** compare.tsv: label, job A, job B -> ratios A/B of IOPS and mean completion latency. */
+export function readComparisons(runDir, fio) {
+  const f = join(runDir, 'compare.tsv');
+  if (!existsSync(f)) return [];
+  const total = (j) => (j ? (j.read?.iops ?? 0) + (j.write?.iops ?? 0) : null);
+  const meanLat = (j) => {
+    if (!j) return null;
+    const sides = [j.read, j.write].filter(Boolean);
+    const ios = sides.reduce((n, s) => n + s.ios, 0);
+    return ios ? round(sides.reduce((n, s) => n + s.clatMeanUs * s.ios, 0) / ios) : null;
+  };
+  return readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => {
+    const [label, a, b] = l.split('\t');
+    const A = fio[a];
+    const B = fio[b];
+    const ia = total(A);
+    const ib = total(B);
+    const la = meanLat(A);
+    const lb = meanLat(B);
+    return {
+      label, a, b,
+      iopsA: round(ia), iopsB: round(ib), iopsRatio: ia && ib ? round(ia / ib, 3) : null,
+      clatMeanUsA: la, clatMeanUsB: lb, clatRatio: la && lb ? round(la / lb, 3) : null,
+    };
+  });
+}
+
+export function collectResults(runDir) {
+  const fio = readFio(runDir);
+  const r = {};
+  if (Object.keys(fio).length) r.fio = fio;
+  const cu = readIscsiTestCu(runDir);
+  if (cu) r.iscsiTestCu = cu;
+  const cmp = readComparisons(runDir, fio);
+  if (cmp.length) r.comparisons = cmp;
+  return r;
+}
+
+const esc = (s) => String(s ?? '').replace(/\|/g, '\\|');
+
+export function resultsMarkdown(r) {
+  const lines = [];
+  if (r.comparisons?.length) {
+    lines.push('## Side by side (A / B, same guest, same run)', '',
+      '| comparison | A | B | IOPS A | IOPS B | IOPS A/B | mean clat A µs | mean clat B µs | clat A/B |',
+      '|---|---|---|---|---|---|---|---|---|',
+      ...r.comparisons.map((c) => `| ${esc(c.label)} | ${c.a} | ${c.b} | ${c.iopsA} | ${c.iopsB} | **${c.iopsRatio}** | ${c.clatMeanUsA} | ${c.clatMeanUsB} | ${c.clatRatio} |`), '');
+  }
+  if (r.fio) {
+    lines.push('## fio', '', '| job | rw | bs | QD | err | read IOPS | read MB/s | read clat mean / p99 µs | write IOPS | write MB/s | write clat mean / p99 µs |',
+      '|---|---|---|---|---|---|---|---|---|---|---|');
+    const side = (s) => (s ? [s.iops, round(s.bwKiBs / 1024, 2), `${s.clatMeanUs} / ${s.clatP99Us}`] : ['', '', '']);
+    for (const [name, j] of Object.entries(r.fio)) {
+      lines.push(`| ${name} | ${j.options?.rw ?? ''} | ${j.options?.bs ?? ''} | ${j.options?.iodepth ?? ''} | ${j.error} | ${side(j.read).join(' | ')} | ${side(j.write).join(' | ')} |`);
+    }
+    lines.push('');
+  }
+  if (r.iscsiTestCu) {
+    const c = r.iscsiTestCu;
+    lines.push('## iscsi-test-cu (libiscsi) against the iSCSI export', '',
+      `${c.suites} suites: **${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped**${c.incomplete ? `, ${c.incomplete} incomplete` : ''}`, '',
+      '| suite | passed | failed | skipped | complete |', '|---|---|---|---|---|',
+      ...c.bySuite.map((s) => `| ${s.suite} | ${s.passed} | ${s.failed} | ${s.skipped} | ${s.complete ? 'yes' : '**no**'} |`), '');
+    const fails = c.bySuite.flatMap((s) => s.failures);
+    if (fails.length) lines.push('Failed tests:', '', ...fails.map((f) => `- \`${f.test}\`: ${esc(f.why)}`), '');
+    const skips = c.bySuite.flatMap((s) => s.skippedTests);
+    if (skips.length) lines.push('<details><summary>Skipped tests</summary>', '', ...skips.map((s) => `- \`${s.test}\`: ${esc(s.why)}`), '', '</details>', '');
+  }
+  return lines;
+}
