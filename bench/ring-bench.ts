@@ -14,7 +14,7 @@
  * of that ceiling.
  */
 import './lib/env.js';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -350,9 +350,9 @@ function targets(entries: Entry[]): Target[] {
   const find = (p: Params) => entries.find((e) => id(e.params) === id(p));
   const out: Target[] = [];
   const t1 = find(BASE);
-  out.push({ name: '4 KiB QD32', goal: 'tcmu-ts >= 0.8 x native', measured: t1?.ratioToNative != null ? `${t1.ratioToNative.toFixed(2)}` : 'n/a', met: t1?.ratioToNative != null ? t1.ratioToNative >= 0.8 : null });
+  out.push({ name: '4 KiB QD32', goal: 'tcmu-ts >= 0.8 x native', measured: t1?.ratioToNative != null ? `${t1.ratioToNative.toFixed(3)}` : 'n/a', met: t1?.ratioToNative != null ? t1.ratioToNative >= 0.8 : null });
   const t2 = find(BASE128);
-  out.push({ name: '128 KiB QD32', goal: 'tcmu-ts >= 0.9 x native', measured: t2?.ratioToNative != null ? `${t2.ratioToNative.toFixed(2)}` : 'n/a', met: t2?.ratioToNative != null ? t2.ratioToNative >= 0.9 : null });
+  out.push({ name: '128 KiB QD32', goal: 'tcmu-ts >= 0.9 x native', measured: t2?.ratioToNative != null ? `${t2.ratioToNative.toFixed(3)}` : 'n/a', met: t2?.ratioToNative != null ? t2.ratioToNative >= 0.9 : null });
   const one = t1?.tcmu?.iops;
   const oneNative = t1?.native?.iops;
   for (const e of sweep(entries, BASE, 'luns')) {
@@ -375,18 +375,17 @@ function writeSvgs(dir: string, name: string, entries: Entry[]): string[] {
     writeFileSync(join(dir, file), svg);
     files.push(join(dir, file));
   };
-  // IOPS vs queue depth, 4 KiB and 128 KiB
-  const series: Series[] = [];
-  for (const [label, base] of [['4k', BASE], ['128k', BASE128]] as const) {
+  // IOPS vs queue depth, 4 KiB and 128 KiB (one chart each: their scales differ by 5x)
+  for (const [label, base, suffix] of [['4 KiB', BASE, ''], ['128 KiB', BASE128, '-128k']] as const) {
     const s = sweep(entries, base, 'queueDepth');
     if (s.length < 2) continue;
-    series.push({ name: `tcmu-ts ${label}`, points: s.filter((e) => e.tcmu).map((e) => [e.params.queueDepth, e.tcmu!.iops]) });
-    series.push({ name: `native ${label}`, points: s.filter((e) => e.native).map((e) => [e.params.queueDepth, e.native!.iops]), dashed: true });
+    const series: Series[] = [
+      { name: 'tcmu-ts', points: s.filter((e) => e.tcmu).map((e) => [e.params.queueDepth, e.tcmu!.iops]) },
+      { name: 'native', points: s.filter((e) => e.native).map((e) => [e.params.queueDepth, e.native!.iops]), dashed: true },
+    ];
     const nul = s.filter((e) => e.null);
-    if (nul.length >= 2) series.push({ name: `generator ceiling ${label}`, points: nul.map((e) => [e.params.queueDepth, e.null!.iops]), dashed: true, color: '#999' });
-  }
-  if (series.length) {
-    write(`${name}-iops-vs-qd.svg`, lineChart({ title: 'IOPS vs queue depth (1 LUN, ram, 50 % reads)', subtitle: `${name} run; dashed: native C consumer and null consumer on the same ring`, xLabel: 'queue depth', yLabel: 'IOPS', xLog: true, xFmt: String, series }));
+    if (nul.length >= 2) series.push({ name: 'generator ceiling', points: nul.map((e) => [e.params.queueDepth, e.null!.iops]), dashed: true, color: '#999' });
+    write(`${name}-iops-vs-qd${suffix}.svg`, lineChart({ title: `IOPS vs queue depth, ${label} (1 LUN, ram, 50 % reads)`, subtitle: `${name} run; dashed: native C consumer, and the null consumer (generator ceiling), same ring`, xLabel: 'queue depth', yLabel: 'IOPS', xLog: true, xFmt: String, series }));
   }
   // Latency CDF for the base configurations
   const cdfSeries: Series[] = [];
@@ -430,6 +429,7 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --measure-ms <n>     per run (default 1000 quick, 3000 full)
   --no-memcpy          skip the memcpy bandwidth measurement
   --no-layers          skip the single-thread per-layer cost measurement
+  --replot <json>      only redraw the table, targets and SVGs of an earlier results file
   -h, --help
 `;
 
@@ -437,11 +437,17 @@ async function main(): Promise<number> {
   const { values: a } = parseArgs({
     options: {
       quick: { type: 'boolean' }, name: { type: 'string' }, only: { type: 'string' }, consumers: { type: 'string' },
-      'warmup-ms': { type: 'string' }, 'measure-ms': { type: 'string' }, 'no-memcpy': { type: 'boolean' }, 'no-layers': { type: 'boolean' }, repeat: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+      'warmup-ms': { type: 'string' }, 'measure-ms': { type: 'string' }, 'no-memcpy': { type: 'boolean' }, 'no-layers': { type: 'boolean' }, replot: { type: 'string' }, repeat: { type: 'string' }, help: { type: 'boolean', short: 'h' },
     },
   });
   if (a.help) {
     process.stdout.write(HELP);
+    return 0;
+  }
+  if (a.replot) {
+    const old = JSON.parse(readFileSync(a.replot, 'utf8')) as { name: string; entries: Entry[] };
+    printReport(old.entries, targets(old.entries));
+    for (const f of writeSvgs(join(BENCH_DIR, 'results'), old.name, old.entries)) process.stdout.write(`wrote ${f}\n`);
     return 0;
   }
   const quick = !!a.quick;
@@ -543,6 +549,12 @@ async function main(): Promise<number> {
   writeFileSync(file, JSON.stringify(out, null, 1) + '\n');
   const svgs = writeSvgs(resultsDir, name, entries);
 
+  printReport(entries, t);
+  process.stdout.write(`\nwrote ${file}\n${svgs.map((s) => `wrote ${s}`).join('\n')}\ntook ${elapsed()}\n`);
+  return 0;
+}
+
+function printReport(entries: Entry[], t: Target[]): void {
   process.stdout.write(`\n${tableHeader()}\n`);
   let group = '';
   for (const e of entries) {
@@ -558,8 +570,6 @@ async function main(): Promise<number> {
   if (failed.length) process.stdout.write(`\nfailed runs: ${failed.map((e) => `${e.id}: ${e.failures!.join('; ')}`).join('\n  ')}\n`);
   const bound = entries.filter((e) => e.generatorBound).map((e) => e.id);
   if (bound.length) process.stdout.write(`\nload-generator bound (native within 10 % of the null consumer): ${bound.join('; ')}\n`);
-  process.stdout.write(`\nwrote ${file}\n${svgs.map((s) => `wrote ${s}`).join('\n')}\ntook ${elapsed()}\n`);
-  return 0;
 }
 
 function jsCopyBandwidth(mib: number): number {
