@@ -527,7 +527,7 @@ async function main(): Promise<number> {
   const t = targets(entries);
   const out = {
     name,
-    command: `npm run bench --${quick ? ' --quick' : ''}${a.name ? ` --name ${a.name}` : ''}${a.only ? ` --only '${a.only}'` : ''}`,
+    command: `npm run bench --${process.argv.slice(2).map((x) => (/^[\w=.,:/-]+$/.test(x) ? ` ${x}` : ` '${x}'`)).join('')}`,
     date: new Date().toISOString(),
     durationS: round((performance.now() - started) / 1000),
     machine: { cores: CORES, cpu: cpus()[0]?.model ?? 'unknown', node: process.version, kernel: release(), uvThreadpool: Number(process.env.UV_THREADPOOL_SIZE) },
