@@ -33,7 +33,9 @@ export const SENSE_KEY_NAMES = [
 /** Sense keys every device reports even at zero, so rate() has a series from the start; the others appear once seen. */
 const ALWAYS_SENSE_KEYS = new Set([0, 2, 3, 4, 5, 6, 7, 11, 14]);
 
-export const DEVICE_STATES: readonly DeviceState[] = ['starting', 'running', 'restarting', 'stopping', 'stopped', 'failed'];
+// A Record, so that a state added to DeviceState fails to compile here until it is listed.
+const STATE_ZERO: Record<DeviceState, 0> = { starting: 0, running: 0, restarting: 0, stopping: 0, stopped: 0, failed: 0 };
+export const DEVICE_STATES = Object.keys(STATE_ZERO) as readonly DeviceState[];
 
 /** Kinds of generic netlink event, the values of the type label of tcmu_netlink_events_total. */
 export const NETLINK_EVENT_KINDS = ['added', 'removed', 'reconfig', 'other'] as const;
