@@ -125,9 +125,10 @@ export function closeFd(fd: number): void {
 }
 
 const u32Event = new Uint8Array(4);
+const u32EventView = new DataView(u32Event.buffer);
 /** Write one 4-byte event (a UIO kick / irq count). Returns false when the peer is gone or full. */
 export function writeEvent(fd: number, value = 1): boolean {
-  new DataView(u32Event.buffer).setUint32(0, value, true);
+  u32EventView.setUint32(0, value, true);
   const n = Number(c.write(fd, u32Event, 4));
   if (n === 4) return true;
   const err = koffi.errno();
@@ -136,14 +137,14 @@ export function writeEvent(fd: number, value = 1): boolean {
 }
 
 const eventIn = new Uint8Array(4);
+const eventInView = new DataView(eventIn.buffer);
 /**
  * Read one 4-byte event; null when none is pending on a non-blocking fd.
  * Exactly 4 bytes: the UIO driver refuses any other read size with EINVAL.
  */
 export function readEvent(fd: number): number | null {
-  const buf = eventIn;
-  const n = Number(c.read(fd, buf, 4));
-  if (n >= 4) return new DataView(buf.buffer).getUint32(0, true);
+  const n = Number(c.read(fd, eventIn, 4));
+  if (n >= 4) return eventInView.getUint32(0, true);
   if (n < 0) {
     const err = koffi.errno();
     if (err === EAGAIN || err === EINTR) return null;

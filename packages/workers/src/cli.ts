@@ -6,6 +6,7 @@ import { runDemo } from './demo.js';
 import { runDaemon } from './daemon-main.js';
 import { ADMIN_COMMANDS, ADMIN_HELP, runAdmin } from './admin.js';
 import { startDbusService, DbusServiceError } from './dbus/service.js';
+import { startMetricsServer, parseMetricsAddress } from './metrics.js';
 
 const HELP = `tcmu-ts: userspace daemon for the Linux LIO TCM-User (TCMU) backstore
 
@@ -28,6 +29,9 @@ Options (tcmu-ts):
       --config <file>     tcmu.conf to read and watch (default /etc/tcmu/tcmu.conf); SIGHUP re-reads it
       --no-dbus           do not own org.kernel.TCMUService1 on the system bus
                           (honours DBUS_SYSTEM_BUS_ADDRESS)
+      --metrics-address <host:port>
+                          serve Prometheus /metrics there (default 127.0.0.1:9560)
+      --no-metrics        no /metrics endpoint
 Simulated mode:
       --simulate          use the built-in kernel simulator even if TCMU exists
       --duration <s>      stop after this many seconds (default: until Ctrl-C)
@@ -74,6 +78,8 @@ async function main(): Promise<number> {
         'tcmu-log-dir': { type: 'string', short: 'l' },
         config: { type: 'string' },
         'no-dbus': { type: 'boolean' },
+        'metrics-address': { type: 'string' },
+        'no-metrics': { type: 'boolean' },
         simulate: { type: 'boolean' },
         demo: { type: 'boolean' },
         duration: { type: 'string' },
@@ -97,27 +103,51 @@ async function main(): Promise<number> {
     process.stdout.write(`tcmu-ts ${version()}\n`);
     return 0;
   }
+  const metricsAddress = args['no-metrics'] ? null : (args['metrics-address'] ?? '127.0.0.1:9560');
+  if (metricsAddress) {
+    try {
+      parseMetricsAddress(metricsAddress);
+    } catch (e) {
+      process.stderr.write(`tcmu-ts: ${(e as Error).message}\n`);
+      return 2;
+    }
+  }
   const haveTcmu = existsSync('/sys/module/target_core_user');
   if (haveTcmu && !args.simulate && !args.demo) {
     return runDaemon({
       cli: { debug: args.debug, logDir: args['tcmu-log-dir'] },
       handlerPath: args['handler-path'],
       configPath: args.config,
-      onStarted: async (_daemon, registry, logger) => {
-        if (args['no-dbus']) return;
-        try {
-          const dbus = await startDbusService({
-            registry,
-            log: (level, msg) => logger[level](`dbus: ${msg}`),
-            onExternalHandler: (e) => logger.info(`dbus: handler "${e.handler.subtype}" ${e.kind === 'added' ? `registered by ${e.handler.owner}; its devices are left to that process` : `removed (${e.reason})`}`),
-            onDisconnected: (err) => logger.error(`dbus: lost the system bus${err ? `: ${err.message}` : ''}`),
-          });
-          return () => dbus.close();
-        } catch (e) {
-          if (!(e instanceof DbusServiceError)) throw e;
-          // As tcmu-runner: devices are still served without DBus; only targetcli's checks are lost.
-          logger.error(e.message);
+      onStarted: async (daemon, registry, logger) => {
+        const stops: (() => Promise<void>)[] = [];
+        if (metricsAddress) {
+          try {
+            const metrics = await startMetricsServer(daemon.supervisor, parseMetricsAddress(metricsAddress));
+            daemon.onNetlinkEvent = (kind) => metrics.incNetlinkEvents(kind);
+            logger.info(`metrics: ${metrics.url}`);
+            stops.push(() => metrics.close());
+          } catch (e) {
+            logger.error(`no /metrics endpoint: ${e instanceof Error ? e.message : String(e)}`);
+          }
         }
+        if (!args['no-dbus']) {
+          try {
+            const dbus = await startDbusService({
+              registry,
+              log: (level, msg) => logger[level](`dbus: ${msg}`),
+              onExternalHandler: (e) => logger.info(`dbus: handler "${e.handler.subtype}" ${e.kind === 'added' ? `registered by ${e.handler.owner}; its devices are left to that process` : `removed (${e.reason})`}`),
+              onDisconnected: (err) => logger.error(`dbus: lost the system bus${err ? `: ${err.message}` : ''}`),
+            });
+            stops.push(() => dbus.close());
+          } catch (e) {
+            if (!(e instanceof DbusServiceError)) throw e;
+            // As tcmu-runner: devices are still served without DBus; only targetcli's checks are lost.
+            logger.error(e.message);
+          }
+        }
+        return async () => {
+          for (const stop of stops.reverse()) await stop();
+        };
       },
     });
   }
@@ -134,6 +164,7 @@ async function main(): Promise<number> {
     readPercent: positive('read-percent', args['read-percent'], 50, 100),
     lunSizeMb: Math.max(1, Math.floor(positive('lun-size-mb', args['lun-size-mb'], 64, 1 << 20))),
     load: !args['no-load'],
+    metricsAddress,
   });
 }
 

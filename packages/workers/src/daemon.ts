@@ -47,6 +47,8 @@ export class Daemon {
   private queue: Promise<void> = Promise.resolve();
   private stopping = false;
   netlinkEvents = 0;
+  /** Told of every netlink event (metrics count them by kind). */
+  onNetlinkEvent?: (kind: TcmuEvent['kind']) => void;
 
   constructor(private readonly o: DaemonOptions) {
     this.supervisor = o.supervisor ?? new Supervisor({
@@ -102,6 +104,7 @@ export class Daemon {
 
   private async onEvent(ev: TcmuEvent): Promise<void> {
     this.netlinkEvents++;
+    this.onNetlinkEvent?.(ev.kind);
     const nl = this.netlink!;
     let status = 0;
     try {

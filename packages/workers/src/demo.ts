@@ -12,6 +12,7 @@ import { SimulatedBackend } from './sim-backend.js';
 import { VerifyingLoad, type LoadStats } from './demo-load.js';
 import { diffBuckets, quantileFromBuckets, type CounterSnapshot } from './counters.js';
 import type { DeviceSpec } from './device-spec.js';
+import { startMetricsServer, parseMetricsAddress, type MetricsServer } from './metrics.js';
 
 export interface DemoOptions {
   durationS?: number;
@@ -20,6 +21,8 @@ export interface DemoOptions {
   readPercent: number;
   lunSizeMb: number;
   load: boolean;
+  /** host:port for /metrics, or null for none. */
+  metricsAddress?: string | null;
   out?: NodeJS.WritableStream;
 }
 
@@ -60,6 +63,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     serial: randomUUID(), wwn: randomUUID(),
   }));
   let code = 0;
+  let metrics: MetricsServer | undefined;
   const started = Date.now();
   let stopRequested: () => void = () => {};
   const stopped = new Promise<void>((r) => { stopRequested = r; });
@@ -73,6 +77,15 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       luns.push({ spec, backend });
       await sup.addDevice(spec, backend);
       out.write(`${s.name}: ${s.subtype}/${s.cfgstring}, ${o.lunSizeMb} MiB, ${BLOCK_SIZE}-byte blocks, ring ${backend.sim.layout.cmdrSize} B, data area ${backend.sim.layout.dataSize >> 20} MiB\n`);
+    }
+    if (o.metricsAddress) {
+      try {
+        metrics = await startMetricsServer(sup, parseMetricsAddress(o.metricsAddress));
+        out.write(`metrics: ${metrics.url}\n`);
+      } catch (e) {
+        // The simulated LUNs are still worth running without a scrape endpoint.
+        process.stderr.write(`tcmu-ts: no /metrics endpoint: ${e instanceof Error ? e.message : String(e)}\n`);
+      }
     }
     if (o.load) {
       for (const l of luns) {
@@ -114,6 +127,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const elapsed = (Date.now() - started) / 1000;
   const stats: LoadStats[] = [];
   for (const l of luns) if (l.load) stats.push(await l.load.stop());
+  await metrics?.close();
   await sup.stop();
   for (const l of luns) await l.backend.close();
   rmSync(dir, { recursive: true, force: true });

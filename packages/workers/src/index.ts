@@ -6,3 +6,4 @@ export * from './demo-load.js';
 export * from './verify-pattern.js';
 export * from './daemon.js';
 export * from './kernel-backend.js';
+export * from './metrics.js';
