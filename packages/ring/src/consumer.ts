@@ -195,12 +195,11 @@ export class RingConsumer {
     const total = iovCnt + bidiCnt + difCnt;
     if (CmdReq.IOV + CmdReq.IOVEC_SIZE * total > len) return bad('iov-count', `${iovCnt}+${bidiCnt}+${difCnt} iovecs do not fit a ${len}-byte entry`);
 
-    const cdbOff = this.dv.getBigUint64(base + CmdReq.CDB_OFF, true);
+    // u64 fields are read as two u32 halves: no BigInt on the per-command path.
+    const cdbOff = this.u64(base + CmdReq.CDB_OFF);
     // The CDB lives in the ring, after this entry's iovecs: anything else is not a kernel-made entry.
-    const ringStart = BigInt(this.cmdrOff);
-    const ringEnd = BigInt(this.cmdrOff + this.cmdrSize);
-    if (cdbOff < ringStart || cdbOff >= ringEnd) return bad('cdb-out-of-bounds', `cdb_off ${cdbOff} outside the ring`);
-    const cdbStart = Number(cdbOff);
+    if (cdbOff < this.cmdrOff || cdbOff >= this.cmdrOff + this.cmdrSize) return bad('cdb-out-of-bounds', `cdb_off ${this.u64Text(base + CmdReq.CDB_OFF)} outside the ring`);
+    const cdbStart = cdbOff;
     const entryEnd = base + len;
     if (cdbStart < base + CmdReq.IOV + CmdReq.IOVEC_SIZE * total || cdbStart >= entryEnd) {
       return bad('cdb-out-of-bounds', `cdb_off ${cdbStart} not inside its entry [${base}, ${entryEnd})`);
@@ -214,18 +213,28 @@ export class RingConsumer {
     let dataLength = 0;
     for (let i = 0; i < iovCnt + bidiCnt; i++) {
       const p = base + CmdReq.IOV + CmdReq.IOVEC_SIZE * i;
-      const off = this.dv.getBigUint64(p, true);
-      const l = this.dv.getBigUint64(p + 8, true);
-      if (off + l > BigInt(this.mapSize) || off < BigInt(this.cmdrOff + this.cmdrSize)) {
-        return bad('iov-out-of-bounds', `iovec ${i} [${off}, +${l}) outside the data area [${this.cmdrOff + this.cmdrSize}, ${this.mapSize})`);
+      const off = this.u64(p);
+      const l = this.u64(p + 8);
+      if (off > this.mapSize || l > this.mapSize - off || off < this.cmdrOff + this.cmdrSize) {
+        return bad('iov-out-of-bounds', `iovec ${i} [${this.u64Text(p)}, +${this.u64Text(p + 8)}) outside the data area [${this.cmdrOff + this.cmdrSize}, ${this.mapSize})`);
       }
-      const v = { offset: Number(off), length: Number(l) };
+      const v = { offset: off, length: l };
       if (i < iovCnt) {
         iovs.push(v);
         dataLength += v.length;
       } else bidiIovs.push(v);
     }
     return { kind: 'cmd', cmdId, cdb, iovs, bidiIovs, dataLength };
+  }
+
+  /** A little-endian u64 as a number; values past 2^53 come out as Infinity, which every bound check rejects. */
+  private u64(at: number): number {
+    const hi = this.dv.getUint32(at + 4, true);
+    return hi >= 0x200000 ? Infinity : hi * 0x100000000 + this.dv.getUint32(at, true);
+  }
+  /** The exact value, for error messages only. */
+  private u64Text(at: number): string {
+    return this.dv.getBigUint64(at, true).toString();
   }
 
   /**
