@@ -20,9 +20,10 @@ mkfifo /tmp/.tk_sleep 2>/dev/null; exec {TK_SLEEP_FD}<>/tmp/.tk_sleep
 tk_sleep() { read -rt "$1" -u "$TK_SLEEP_FD" _ 2>/dev/null; return 0; }
 tk_timing() { printf '%s\t%s\n' "$1" "$2" >>"$TK_TIMINGS"; tk_log "timing $1 = $2 s"; }
 
-# tk_pass NAME [DETAIL] / tk_fail NAME [DETAIL]
-tk_pass() { printf 'ok\t%s\t%s\n' "$1" "${2:-}" >>"$TK_CHECKS"; tk_log "ok   $1${2:+: $2}"; }
-tk_fail() { printf 'FAIL\t%s\t%s\n' "$1" "${2:-}" >>"$TK_CHECKS"; tk_log "FAIL $1${2:+: $2}"; TK_FAILED=$((TK_FAILED + 1)); }
+# tk_pass NAME [DETAIL] / tk_fail NAME [DETAIL] (newlines and tabs in DETAIL become spaces: one line per check)
+_tk_flat() { _tk_d=${1//$'\n'/ }; _tk_d=${_tk_d//$'\t'/ }; _tk_d=${_tk_d:0:400}; }   # sets _tk_d, no fork
+tk_pass() { _tk_flat "${2:-}"; printf 'ok\t%s\t%s\n' "$1" "$_tk_d" >>"$TK_CHECKS"; tk_log "ok   $1${_tk_d:+: $_tk_d}"; }
+tk_fail() { _tk_flat "${2:-}"; printf 'FAIL\t%s\t%s\n' "$1" "$_tk_d" >>"$TK_CHECKS"; tk_log "FAIL $1${_tk_d:+: $_tk_d}"; TK_FAILED=$((TK_FAILED + 1)); }
 # tk_check NAME CMD...: pass when CMD succeeds
 tk_check() { local n=$1; shift; if "$@"; then tk_pass "$n"; else tk_fail "$n" "command failed: $*"; fi; }
 # tk_eq NAME EXPECTED ACTUAL

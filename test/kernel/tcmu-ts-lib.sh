@@ -30,6 +30,7 @@ ts_dbus() {
 ts_start() {
   TS_START_N=$((TS_START_N + 1))
   TS_OUT=$TCMU_OUT/tcmu-ts-$TS_START_N.out
+  : >"$TS_OUT"
   node "$TS_CLI_JS" -l "$TS_LOGDIR" "$@" >"$TS_OUT" 2>&1 &
   TS_PID=$!
   tk_wait 60 _ts_ready
