@@ -11,7 +11,7 @@ import { join } from 'node:path';
 const round = (x, d = 1) => (Number.isFinite(x) ? Number(x.toFixed(d)) : null);
 
 function fioSide(s) {
-  if (!s || !s.total_ios) return null;
+  if (!s || !s.total_ios || !s.iops) return null; // verify_only jobs report phantom writes with 0 IOPS
   const clat = s.clat_ns ?? {};
   const p = clat.percentile ?? {};
   return {
