@@ -296,6 +296,29 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       });
     }
 
+    it('refuses a Data-Out Buffer other than 2 x NUMBER OF LOGICAL BLOCKS blocks, 0 blocks included (libiscsi 1.19 CompareAndWrite.Simple/Miscompare)', async () => {
+      // libiscsi 1.19 tries 1..256 blocks; 256 does not fit the one-byte field and goes out as 0, with
+      // 2 x 256 blocks of Data-Out, and the test expects INVALID FIELD IN CDB as for any count above the maximum.
+      const ini = await lun('cawlen');
+      const a = fill(1, 3);
+      expectGood(await ini.write(0, a));
+      const wrapped = caw(0, 256); // the field keeps 256 & 0xff = 0
+      expect(wrapped[13]).to.equal(0);
+      const big = new Uint8Array(2 * 256 * BS).fill(0x41);
+      expect(expectSense(await ini.send(wrapped, { dataOut: big }), 5, 0x24).fieldPointer).to.deep.include({ byte: 13, cdb: true });
+      // 1 block with 2 blocks' worth too much or too little (libiscsi's InvalidDataOutSize): refused, nothing written.
+      const two = new Uint8Array(2 * BS);
+      two.set(a);
+      two.fill(0x5a, BS);
+      expectSense(await ini.send(caw(0, 1), { dataOut: new Uint8Array(4 * BS).fill(0x5a) }), 5, 0x24);
+      expectSense(await ini.send(caw(0, 1), { dataOut: two.subarray(0, BS) }), 5, 0x24);
+      expect(Buffer.compare((await ini.read(0, 1)).data, a), 'not written').to.equal(0);
+      // The right length still works, and 0 blocks with no data is still GOOD.
+      expectGood(await ini.send(caw(0, 1), { dataOut: two }));
+      expect((await ini.read(0, 1)).data.every((x) => x === 0x5a)).to.equal(true);
+      expectGood(await ini.send(caw(0, 0)));
+    });
+
     /**
      * The handler's read keeps its data, then stalls 150 ms, so a WRITE sent
      * right after the COMPARE AND WRITE lands between its read and its write.

@@ -286,7 +286,7 @@ export class DeviceEngine {
       if (this.exec.alua && MEDIA_ACCESS_OPCODES.has(op)) this.exec.alua.check(READ_ONLY_MEDIA_OPCODES.has(op));
       // Only parameter lists need the data-out contiguous (MODE SELECT, UNMAP, EXTENDED COPY, ...).
       const dataOut = cmd.dataLength > 0 && PARAMETER_LIST_OPCODES.has(op) ? flattenBuffers(bufs) : undefined;
-      outcome = planCommand(cmd.cdb, info, dataOut);
+      outcome = planCommand(cmd.cdb, info, dataOut, cmd.dataLength);
     } catch (e) {
       this.finish(cmd.cmdId, CLS_OTHER, 0, start, e);
       return;

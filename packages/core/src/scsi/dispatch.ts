@@ -80,7 +80,7 @@ export const READ_ONLY_MEDIA_OPCODES: ReadonlySet<number> = new Set([
   Opcode.VERIFY_10, Opcode.VERIFY_12, Opcode.VERIFY_16,
 ]);
 
-type Planner = (cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut: Uint8Array | undefined) => ScsiPlan;
+type Planner = (cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut: Uint8Array | undefined, dataLength: number | undefined) => ScsiPlan;
 
 function maintenanceIn(cdb: Uint8Array, dev: ScsiDeviceInfo): ScsiPlan {
   const sa = cdb[1] & 0x1f;
@@ -111,9 +111,9 @@ const PLANNERS = new Map<number, Planner>([
     const ranges = decodeUnmap(c, d, o);
     return ranges.length ? { kind: 'unmap', ranges } : goodOutcome();
   }],
-  [Opcode.COMPARE_AND_WRITE, (c, d) => {
+  [Opcode.COMPARE_AND_WRITE, (c, d, _o, n) => {
     if (!(d.maxCompareAndWriteBlocks ?? 0)) throw ScsiError.invalidOpcode();
-    const f = decodeCompareAndWrite(c, d);
+    const f = decodeCompareAndWrite(c, d, n);
     return f.blocks ? { kind: 'compare-and-write', ...f } : goodOutcome();
   }],
   [Opcode.VERIFY_10, verifyPlan],
@@ -156,14 +156,16 @@ export const PLANNED_OPCODES: readonly number[] = Object.freeze(
  * Decide what to do with one command. Never throws; a bad command comes
  * back as a 'done' CHECK CONDITION in the sense format `dev.dSense` selects.
  * `dataOut` is the parameter list for PARAMETER_LIST_OPCODES; other
- * commands' data stays in the engine's buffers.
+ * commands' data stays in the engine's buffers. `dataLength` is the size
+ * of the Data-Out Buffer the initiator sent, when known: COMPARE AND WRITE
+ * checks it against its NUMBER OF LOGICAL BLOCKS.
  */
-export function planCommand(cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut?: Uint8Array): ScsiPlan {
+export function planCommand(cdb: Uint8Array, dev: ScsiDeviceInfo, dataOut?: Uint8Array, dataLength?: number): ScsiPlan {
   const fn = cdb.length ? PLANNERS.get(cdb[0]) : undefined;
   if (!fn) return emulate(cdb, dev, dataOut);
   try {
     requireLength(cdb, cdbLength(cdb[0])!);
-    return fn(cdb, dev, dataOut);
+    return fn(cdb, dev, dataOut, dataLength);
   } catch (e) {
     return checkCondition(e instanceof ScsiError ? e : ScsiError.internalFailure(e), dev);
   }

@@ -134,8 +134,17 @@ export interface CompareAndWriteFields {
  * COMPARE AND WRITE (SBC-3 5.2). NUMBER OF LOGICAL BLOCKS 0 is no error and
  * does nothing (blocks: 0 comes back); more than MAXIMUM COMPARE AND WRITE
  * LENGTH is INVALID FIELD IN CDB.
+ *
+ * With `dataLength` (the Data-Out Buffer the initiator sent), anything but
+ * exactly 2 x NUMBER OF LOGICAL BLOCKS blocks is INVALID FIELD IN CDB at
+ * that field, 0 blocks included: the field does not describe the data,
+ * e.g. a count of 256 truncated to 0 in its one byte (libiscsi 1.19's
+ * CompareAndWrite tests send that and expect the refusal), or a transfer
+ * length tampered with in transit (its InvalidDataOutSize test).
+ * tcmu-runner refuses a mismatch too (check_iovec_length, as HARDWARE
+ * ERROR), but only for 1 block or more.
  */
-export function decodeCompareAndWrite(cdb: Uint8Array, dev: ScsiDeviceInfo): CompareAndWriteFields {
+export function decodeCompareAndWrite(cdb: Uint8Array, dev: ScsiDeviceInfo, dataLength?: number): CompareAndWriteFields {
   checkControlByte(cdb, 16);
   noProtection(cdb);
   requireClear(cdb, 1, 0x05); // DPO (4), FUA (3) and FUA_NV (1) are defined
@@ -144,11 +153,12 @@ export function decodeCompareAndWrite(cdb: Uint8Array, dev: ScsiDeviceInfo): Com
   const lba = be64(cdb, 2);
   const blocks = cdb[13];
   const fua = (cdb[1] & 0x08) !== 0;
+  if (blocks > (dev.maxCompareAndWriteBlocks ?? 0)) throw ScsiError.invalidField(13);
+  if (dataLength !== undefined && dataLength !== 2 * blocks * dev.blockSize) throw ScsiError.invalidField(13);
   if (blocks === 0) {
     inRange(dev, lba, 0);
     return { lba: Number(lba), blocks: 0, fua };
   }
-  if (blocks > (dev.maxCompareAndWriteBlocks ?? 0)) throw ScsiError.invalidField(13);
   if (dev.writeProtect) throw ScsiError.writeProtected();
   return { lba: inRange(dev, lba, blocks), blocks, fua };
 }
