@@ -172,7 +172,7 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
 
       const b0 = (await ini.inquiry(64, 0xb0)).data;
       const u32 = (b: Uint8Array, o: number) => ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
-      expect(u32(b0, 20), 'MAXIMUM UNMAP LBA COUNT').to.equal(32 * 1024 * 1024);
+      expect(u32(b0, 20), 'MAXIMUM UNMAP LBA COUNT').to.equal(1024 * 1024);
       expect(u32(b0, 24), 'MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT').to.equal(4);
       expect(u32(b0, 28), 'OPTIMAL UNMAP GRANULARITY').to.equal(1024);
       expect(b0[32] & 0x80, 'UGAVALID').to.equal(0x80);
@@ -182,6 +182,19 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       expect(b2[5], 'LBPU | LBPWS | LBPWS10 | LBPRZ').to.equal(0xe4);
       const rc = await ini.send(cdb(16, 0x9e, [[1, 1, 0x10], [13, 1, 32]]), { dataInLength: 32 });
       expect(rc.data[14] & 0xc0, 'LBPME | LBPRZ').to.equal(0xc0);
+    });
+
+    it('advertises a MAXIMUM UNMAP LBA COUNT of at most 1 Mi blocks (libiscsi Inquiry.BlockLimits) and enforces that one', async () => {
+      const ini = await lun('ulim');
+      const b0 = (await ini.inquiry(64, 0xb0)).data;
+      const max = ((b0[20] << 24) | (b0[21] << 16) | (b0[22] << 8) | b0[23]) >>> 0;
+      expect(max, 'MAXIMUM UNMAP LBA COUNT').to.be.greaterThan(0).and.at.most(1024 * 1024);
+      // One block over the limit: INVALID FIELD IN PARAMETER LIST at its NUMBER OF LOGICAL BLOCKS; at the
+      // limit the descriptor is taken and only the range check (8192 blocks here) refuses it.
+      const over = unmapList([[0, max + 1]]);
+      expect(expectSense(await ini.send(unmapCdb(over.length), { dataOut: over }), 5, 0x26).fieldPointer).to.deep.include({ byte: 16 });
+      const at = unmapList([[0, max]]);
+      expectSense(await ini.send(unmapCdb(at.length), { dataOut: at }), 5, 0x21);
     });
 
     it('rejects malformed lists: short list PARAMETER LIST LENGTH ERROR, bad descriptors INVALID FIELD IN PARAMETER LIST', async () => {

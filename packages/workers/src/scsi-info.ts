@@ -13,7 +13,7 @@ function cloneAlua(a: AluaInfo | undefined): AluaInfo | undefined {
  * (main.c dev_added, scsi.c) for what each callout makes available.
  *  - unmap(): UNMAP and WRITE SAME with UNMAP (LBPU, LBPWS, LBPWS10), and
  *    LBPRZ since the handler API promises unmapped blocks read as zeros;
- *    32 Mi blocks and 4 descriptors per UNMAP, optimal granularity one
+ *    1 Mi blocks (tcmu-runner: 32 Mi) and 4 descriptors per UNMAP, optimal granularity one
  *    maximum transfer, alignment 0 (UGAVALID set, as tcmu-runner reports).
  *  - compareAndWrite(), or read() and write(): COMPARE AND WRITE of 1 block.
  *  - write() or writeSame(): WRITE SAME up to FFFFFFFFh blocks.

@@ -11,10 +11,18 @@ import { checkControlByte, requireClear, requireZeroBytes } from './cdb.js';
 import type { ScsiDeviceInfo } from './device.js';
 import { ScsiError } from './sense.js';
 
-/** Limits tcmu-runner advertises (scsi.h); the engine copies them into the device info. */
+/**
+ * Limits the engine advertises in the Block Limits VPD page and enforces;
+ * tcmu-runner's (scsi.h) except MAXIMUM UNMAP LBA COUNT.
+ */
 export const TCMU_RUNNER_LIMITS = Object.freeze({
-  /** VPD_MAX_UNMAP_LBA_COUNT: 32 Mi blocks per UNMAP descriptor. */
-  maxUnmapLbaCount: 32 * 1024 * 1024,
+  /**
+   * MAXIMUM UNMAP LBA COUNT: 1 Mi blocks per UNMAP descriptor.
+   * tcmu-runner's VPD_MAX_UNMAP_LBA_COUNT is 32 Mi;
+   * libiscsi's Inquiry.BlockLimits takes anything above 1 Mi, other than
+   * FFFFFFFFh, as insane, and 1 Mi blocks is still 512 MiB at 512 bytes.
+   */
+  maxUnmapLbaCount: 1024 * 1024,
   /** VPD_MAX_UNMAP_BLOCK_DESC_COUNT. */
   maxUnmapDescriptors: 4,
   /** MAX_CAW_LENGTH. */
