@@ -6,8 +6,8 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import {
-  AluaState, PLANNED_OPCODES, SUPPORTED_OPCODES, Tpgs, accessStateError, copyOperatingParameters, decodeExtendedCopy,
-  decodeSense, decodeSetTargetPortGroups, emulate, modePage, planCommand, portDesignators, reportTargetPortGroupsData,
+  AluaState, Asc, PLANNED_OPCODES, SUPPORTED_OPCODES, Tpgs, accessStateError, copyOperatingParameters, copyStatusData,
+  decodeExtendedCopy, decodeExtendedCopyList, decodeSense, decodeSetTargetPortGroups, emulate, modePage, planCommand, portDesignators, reportTargetPortGroupsData,
   requestSenseData, ScsiError, stateSupported, tpgsOf, standardInquiry,
   type AluaInfo, type ScsiPlan,
 } from '@tcmu-ts/core';
@@ -123,7 +123,7 @@ describe('scsi parity core: planCommand', () => {
     be(p, 48 + 20, 8, 22);
     const segs = decodeExtendedCopy(be(cdbOf(16, 0x83), 10, 4, p.length), p, 512);
     expect(segs).to.have.length(1);
-    expect(Array.from(segs[0].source)).to.deep.equal(Array.from(naa));
+    expect(Array.from(segs[0].source!)).to.deep.equal(Array.from(naa));
     expect(segs[0]).to.deep.include({ sourceLba: 11n, destinationLba: 22n, blocks: 7 });
     expect(plan(planCommand(be(cdbOf(16, 0x83), 10, 4, p.length), full(), p), 'xcopy').segments).to.have.length(1);
     expectCheck(planCommand(be(cdbOf(16, 0x83), 10, 4, p.length), full({ thirdPartyCopy: false }), p) as never, invalidOpcode);
@@ -132,6 +132,78 @@ describe('scsi parity core: planCommand', () => {
     expect(Array.from(op.subarray(0, 8))).to.deep.equal([0, 0, 0, 42, 1, 0, 0, 0]);
     const rcr = planCommand(be(cdbOf(16, 0x84, { 1: 0x03 }), 10, 4, 20), full());
     expect(rcr.kind === 'done' && rcr.dataIn!.length).to.equal(20);
+  });
+});
+
+describe('scsi parity core: libiscsi conformance findings', () => {
+  it('COMPARE AND WRITE checks the Data-Out length against NUMBER OF LOGICAL BLOCKS, 0 included', () => {
+    const c = (lba: number, n: number) => be(cdbOf(16, 0x89, { 13: n }), 2, 8, lba);
+    expect(plan(planCommand(c(9, 1), full(), undefined, 1024), 'compare-and-write')).to.deep.include({ lba: 9, blocks: 1 });
+    expectCheck(planCommand(c(9, 1), full(), undefined, 2048) as never, invalidField(13));
+    expectCheck(planCommand(c(9, 1), full(), undefined, 512) as never, invalidField(13));
+    // 256 blocks truncated to 0 by the one-byte field, with 256 blocks' worth of data.
+    expectCheck(planCommand(c(0, 0), full(), undefined, 2 * 256 * 512) as never, invalidField(13));
+    expectGood(planCommand(c(0, 0), full(), undefined, 0) as never);
+    // Without a length (callers that do not know it) the CDB alone decides, as before.
+    expectGood(planCommand(c(0, 0), full()) as never);
+    // Over the maximum is refused for that first, whatever the data.
+    expectCheck(planCommand(c(0, 2), full(), undefined, 2048) as never, invalidField(13));
+  });
+
+  it('EXTENDED COPY: LIST ID USAGE 00b/10b/11b, the list identifier, and a CSCD index past the list left to the copy', () => {
+    const naa = Uint8Array.from({ length: 16 }, (_, i) => (i === 0 ? 0x60 : i));
+    const list = (b0: number, b1: number, dIndex = 0) => {
+      const p = new Uint8Array(16 + 32 + 28);
+      p[0] = b0;
+      p[1] = b1;
+      be(p, 2, 2, 32);
+      be(p, 8, 4, 28);
+      p.set([0xe4, 0, 0, 0, 0x01, 0x03, 0, 16], 16);
+      p.set(naa, 24);
+      p.set([0x02, 0, 0, 0x18, 0, 0, 0, dIndex], 48);
+      be(p, 48 + 10, 2, 1);
+      return p;
+    };
+    const c = (p: Uint8Array) => be(cdbOf(16, 0x83), 10, 4, p.length);
+    for (const [b0, b1, usage] of [[1, 0x00, 0], [1, 0x10, 2], [0, 0x18, 3], [9, 0x05, 0]] as const) {
+      const p = list(b0, b1);
+      expect(decodeExtendedCopyList(c(p), p, 512)).to.deep.include({ listId: b0, listIdUsage: usage });
+      expect(plan(planCommand(c(p), full(), p), 'xcopy')).to.deep.include({ listId: b0, listIdUsage: usage });
+    }
+    expectCheck(planCommand(c(list(1, 0x08)), full(), list(1, 0x08)) as never, invalidParam(1, 4));
+    expectCheck(planCommand(c(list(1, 0x18)), full(), list(1, 0x18)) as never, invalidParam(0));
+    const far = list(1, 0x10, 1);
+    const segs = decodeExtendedCopy(c(far), far, 512);
+    expect(segs[0].source, 'index 0').to.not.equal(undefined);
+    expect(segs[0].destination, 'index 1: no such descriptor').to.equal(undefined);
+    expect(segs[0].index).to.equal(0);
+  });
+
+  it('COPY ABORTED sense carries the segment number and a segment pointer (SD) in both formats', () => {
+    const e = ScsiError.copyAborted(Asc.NO_ADDITIONAL_SENSE, { segment: 3, byte: 20 });
+    const fixed = e.toSense(false);
+    expect(fixed[2], 'COPY ABORTED').to.equal(0x0a);
+    expect(Array.from(fixed.subarray(8, 12)), 'COMMAND-SPECIFIC INFORMATION, segment in its 3rd and 4th bytes').to.deep.equal([0, 0, 0, 3]);
+    expect(Array.from(fixed.subarray(15, 18)), 'SKSV | SD, field pointer 20').to.deep.equal([0xa0, 0, 20]);
+    for (const d of [decodeSense(fixed)!, decodeSense(e.toSense(true))!]) {
+      expect(d).to.deep.include({ key: 0x0a, asc: 0, ascq: 0, commandSpecific: 3n });
+      expect(d.fieldPointer).to.deep.equal({ byte: 20, cdb: false, segmentDescriptor: true });
+    }
+    expect(decodeSense(ScsiError.copyTargetNotReachable().toSense())).to.deep.include({ key: 0x0a, asc: 0x0d, ascq: 0x02 });
+  });
+
+  it('RECEIVE COPY RESULTS: OPERATING PARAMETERS per block size, COPY STATUS left to the engine, other actions refused', () => {
+    const op = copyOperatingParameters(4096);
+    expect(op[37], 'DATA SEGMENT GRANULARITY: one 4096-byte block').to.equal(12);
+    expect(((op[20] << 24) | (op[21] << 16) | (op[22] << 8) | op[23]) >>> 0, 'MAXIMUM INLINE DATA LENGTH').to.equal(0);
+    const rcr = (sa: number, id = 0) => be(cdbOf(16, 0x84, { 1: sa, 2: id }), 10, 4, 64);
+    expect(plan(planCommand(rcr(0x00, 7), full()), 'copy-status')).to.deep.include({ listId: 7, allocationLength: 64 });
+    expectCheck(planCommand(rcr(0x01), full()) as never, invalidField(1, 4));
+    expectCheck(planCommand(rcr(0x04), full()) as never, invalidField(1, 4));
+    expectCheck(planCommand(rcr(0x03, 1), full()) as never, invalidField(2));
+    expect(Array.from(copyStatusData({ status: 1, segmentsProcessed: 1, bytes: 1 << 20 }))).to.deep.equal([0, 0, 0, 8, 1, 0, 1, 0, 0, 0x10, 0, 0]);
+    // Past 32 bits, the count goes to the smallest power-of-1024 unit that holds it.
+    expect(Array.from(copyStatusData({ status: 0, segmentsProcessed: 2, bytes: 2 ** 33 }).subarray(7))).to.deep.equal([1, 0, 0x80, 0, 0]);
   });
 });
 
@@ -282,6 +354,9 @@ describe('scsi parity core: planCommand robustness (fast-check)', () => {
             break;
           case 'xcopy':
             expect(o.segments.length).to.be.greaterThan(0);
+            break;
+          case 'copy-status':
+            expect(o.listId).to.be.within(0, 255);
             break;
           case 'format': case 'rtpg': case 'stpg':
             break;

@@ -90,6 +90,103 @@ function xcopyList(targets: Uint8Array[], segs: Seg[], o: { usage?: number; tdTy
   return p;
 }
 
+/** A CSCD descriptor as libiscsi's test-tool builds it (populate_tgt_desc); `naa` is the designator it read from VPD 83h. */
+interface LibiscsiTarget {
+  type?: number;
+  luIdType?: number;
+  nul?: number;
+  naa: Uint8Array;
+}
+/** A segment descriptor as libiscsi builds it (populate_seg_desc_b2b, or populate_seg_desc_hdr for other types). */
+interface LibiscsiSeg {
+  type?: number;
+  s: number;
+  d: number;
+  blocks?: number;
+  src?: number;
+  dst?: number;
+}
+/** libiscsi's get_desc_len. */
+function libiscsiDescLen(type: number): number {
+  if (type === 0x00 || type === 0x01) return 0x18;
+  if (type === 0x02) return 0x1c;
+  if (type === 0x03) return 0x14;
+  if (type === 0xea || type === 0xeb) return 64;
+  return type >= 0xe0 && type <= 0xe9 ? 32 : 0;
+}
+/**
+ * An EXTENDED COPY parameter list byte for byte as libiscsi's iscsi-test-cu
+ * sends it (test-tool/iscsi-support.c: populate_param_header,
+ * populate_tgt_desc with populate_ident_tgt_desc, populate_seg_desc_*).
+ */
+function libiscsiList(listId: number, usage: number, targets: LibiscsiTarget[], segs: LibiscsiSeg[]): Uint8Array {
+  const tdl = targets.reduce((n, t) => n + libiscsiDescLen(t.type ?? 0xe4), 0);
+  const sdl = segs.reduce((n, g) => n + libiscsiDescLen(g.type ?? 0x02), 0);
+  const p = new Uint8Array(16 + tdl + sdl);
+  p[0] = listId;
+  p[1] = (usage & 3) << 3;
+  be(p, 2, 2, tdl);
+  be(p, 8, 4, sdl);
+  let off = 16;
+  for (const t of targets) {
+    const type = t.type ?? 0xe4;
+    p[off] = type;
+    p[off + 1] = ((t.luIdType ?? 0) << 6) | ((t.nul ?? 0) << 5);
+    if (type === 0xe4) {
+      p[off + 4] = 0x01; // code set: binary
+      p[off + 5] = 0x03; // association LU, designator type NAA
+      p[off + 7] = t.naa.length;
+      p.set(t.naa, off + 8);
+    }
+    be(p, off + 29, 3, BS);
+    off += libiscsiDescLen(type);
+  }
+  for (const g of segs) {
+    const type = g.type ?? 0x02;
+    const len = libiscsiDescLen(type);
+    p[off] = type;
+    be(p, off + 2, 2, len - 4);
+    be(p, off + 4, 2, g.s);
+    be(p, off + 6, 2, g.d);
+    if (type === 0x02) {
+      be(p, off + 10, 2, g.blocks ?? 0);
+      be(p, off + 12, 8, g.src ?? 0);
+      be(p, off + 20, 8, g.dst ?? 0);
+    }
+    off += len;
+  }
+  return p;
+}
+
+/**
+ * sg3_utils' sg_xcopy list (scsi_extended_copy): two identification CSCD
+ * descriptors copied from the VPD 83h designator (code set and
+ * association/type bytes masked, disk block length at 29), one
+ * block-to-block segment from CSCD 0 to CSCD 1, PRIORITY 1.
+ */
+function sgXcopyList(listId: number, usage: number, naa: Uint8Array, blocks: number, src: number, dst: number): Uint8Array {
+  const p = new Uint8Array(16 + 64 + 28);
+  p[0] = listId;
+  p[1] = (usage << 3) | 1;
+  p[3] = 64;
+  for (const off of [16, 48]) {
+    p[off] = 0xe4;
+    p[off + 4] = 0x01 & 0x0f;
+    p[off + 5] = 0x03 & 0x3f;
+    p[off + 7] = 16;
+    p.set(naa, off + 8);
+    be(p, off + 29, 3, BS);
+  }
+  p[80] = 0x02;
+  be(p, 82, 2, 0x18);
+  p[87] = 1;
+  be(p, 90, 2, blocks);
+  be(p, 92, 8, src);
+  be(p, 100, 8, dst);
+  p[11] = 28;
+  return p;
+}
+
 function fill(blocks: number, seed: number): Uint8Array {
   const b = new Uint8Array(blocks * BS);
   for (let i = 0; i < b.length; i++) b[i] = (i * 7 + seed * 13 + (i >> 9)) & 0xff || 1;
@@ -510,7 +607,7 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
   });
 
   describe('EXTENDED COPY (83h) and RECEIVE COPY RESULTS (84h)', () => {
-    it('reports the copy manager: 3PC in INQUIRY, OPERATING PARAMETERS as tcmu-runner sets them', async () => {
+    it('reports the copy manager: 3PC in INQUIRY, OPERATING PARAMETERS with the limits the parser enforces', async () => {
       const ini = await lun('rcr');
       expect((await ini.inquiry(36)).data[5] & 0x08, '3PC').to.equal(0x08);
       const r = await ini.send(rcrCdb(0x03, 64), { dataInLength: 64 });
@@ -522,6 +619,9 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       expect(d[4] & 1, 'SNLID').to.equal(1);
       expect([u16(8), u16(10), u32(12), u32(16)]).to.deep.equal([2, 1, 1024, 16 * 1024 * 1024]);
       expect([d[43], d[44], d[45]]).to.deep.equal([2, 0x02, 0xe4]);
+      // No inline or held data; copies are never refused for their number; segments move whole 512-byte blocks.
+      expect([u32(20), u32(24), u32(28)], 'MAXIMUM INLINE DATA LENGTH, HELD DATA LIMIT, MAXIMUM STREAM DEVICE TRANSFER SIZE').to.deep.equal([0, 0, 0]);
+      expect([u16(34), d[36], d[37]], 'TOTAL / MAXIMUM CONCURRENT COPIES, DATA SEGMENT GRANULARITY').to.deep.equal([0xffff, 0xff, 9]);
       expectSense(await ini.send(rcrCdb(0x00, 64), { dataInLength: 64 }), 5, 0x24); // COPY STATUS: nothing is held
     });
 
@@ -568,8 +668,12 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       expectSense(await send(a, xcopyList([na, stranger], [{ s: 0, d: 1, blocks: 1, src: 0, dst: 0 }])), 0x0a, 0x0d, 0x02);
       // Neither end is the LUN the command came to.
       expectSense(await send(a, xcopyList([nb], [{ s: 0, d: 0, blocks: 1, src: 0, dst: 8 }])), 0x0a, 0x0d, 0x02);
-      expectSense(await send(a, xcopyList([na, nb], [{ s: 0, d: 1, blocks: 8, src: 8190, dst: 0 }])), 5, 0x21);
-      expectSense(await send(a, xcopyList([na, nb], [{ s: 0, d: 1, blocks: 8, src: 0, dst: 8190 }])), 5, 0x21);
+      // Blocks past the end of either LU: COPY ABORTED (found while processing the segment), segment 0, pointer at the LBA.
+      const srcEnd = expectSense(await send(a, xcopyList([na, nb], [{ s: 0, d: 1, blocks: 8, src: 8190, dst: 0 }])), 0x0a, 0, 0);
+      expect(srcEnd.commandSpecific ?? 0n, 'segment number').to.equal(0n);
+      expect(srcEnd.fieldPointer).to.deep.include({ byte: 12, segmentDescriptor: true });
+      const dstEnd = expectSense(await send(a, xcopyList([na, nb], [{ s: 0, d: 1, blocks: 8, src: 0, dst: 8190 }])), 0x0a, 0, 0);
+      expect(dstEnd.fieldPointer).to.deep.include({ byte: 20, segmentDescriptor: true });
       // 0 blocks, and an empty parameter list: nothing to do.
       expectGood(await send(a, xcopyList([na, nb], [{ s: 0, d: 1, blocks: 0, src: 0, dst: 0 }])));
       expectGood(await a.send(xcopyCdb(0)));
@@ -585,6 +689,105 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       expectSense(await a.send(xcopyCdb(p.length), { dataOut: p }), 0x0a, 0x0d, 0x03);
     });
 
+    it("takes libiscsi's parameter lists (ExtendedCopy.Simple, ValidTgtDescr): LIST ID USAGE 10b and 00b, LU ID TYPE ignored", async () => {
+      const ini = await lun('lx1');
+      const naa = await naaOf(ini);
+      const data = fill(64, 5);
+      expectGood(await ini.write(0, data));
+      // Simple: list id 1, LIST ID USAGE 10b (discard), from the start of the LU to its end.
+      const simple = libiscsiList(1, 2, [{ naa }], [{ s: 0, d: 0, blocks: 64, src: 0, dst: 8192 - 64 }]);
+      expectGood(await ini.send(xcopyCdb(simple.length), { dataOut: simple }));
+      expect(Buffer.compare((await ini.read(8192 - 64, 64)).data, data)).to.equal(0);
+      // ValidTgtDescr: LIST ID USAGE 00b (hold), LU ID TYPE 10b (reserved in SPC-3, to be ignored in SPC-4).
+      const held = libiscsiList(1, 0, [{ naa, luIdType: 2 }], [{ s: 0, d: 0, blocks: 64, src: 0, dst: 4096 }]);
+      expectGood(await ini.send(xcopyCdb(held.length), { dataOut: held }));
+      expect(Buffer.compare((await ini.read(4096, 64)).data, data)).to.equal(0);
+      // ParamHdr: a PARAMETER LIST LENGTH of 0 does nothing.
+      expectGood(await ini.send(xcopyCdb(0)));
+    });
+
+    it("answers libiscsi's malformed lists with its expected sense (ParamHdr, DescrLimits, DescrType, ValidSegDescr)", async () => {
+      const ini = await lun('lx2');
+      const naa = await naaOf(ini);
+      const send = (p: Uint8Array, len = p.length) => ini.send(xcopyCdb(len), { dataOut: p.subarray(0, len) });
+      const seg = { s: 0, d: 0, blocks: 2048, src: 0, dst: 8192 - 2048 };
+      // ParamHdr: the list cut inside the CSCD descriptor, then inside the segment descriptor.
+      const whole = libiscsiList(1, 0, [{ naa }], [seg]);
+      expectSense(await send(whole, 16 + 32 - 1), 5, 0x1a);
+      expectSense(await send(whole, 16 + 32 + 28 - 1), 5, 0x1a);
+      // DescrLimits, after OPERATING PARAMETERS: one CSCD descriptor too many, one segment descriptor too many,
+      // then descriptors past MAXIMUM DESCRIPTOR LIST LENGTH.
+      const op = (await ini.send(rcrCdb(0x03, 1024), { dataInLength: 1024 })).data;
+      const maxTgt = (op[8] << 8) | op[9];
+      const maxSeg = (op[10] << 8) | op[11];
+      const maxList = ((op[12] << 24) | (op[13] << 16) | (op[14] << 8) | op[15]) >>> 0;
+      const tgts = (n: number) => Array.from({ length: n }, () => ({ naa }));
+      expectSense(await send(libiscsiList(1, 0, tgts(maxTgt + 1), [seg])), 5, 0x26, 0x06);
+      expectSense(await send(libiscsiList(2, 0, tgts(1), Array.from({ length: maxSeg + 1 }, () => seg))), 5, 0x26, 0x08);
+      const fillSegs = Math.floor((Math.max(16 + (maxTgt + 1) * 32 + (maxSeg + 1) * 28, 16 + maxList + 28) - 16 - (maxTgt + 1) * 32) / 28);
+      expectSense(await send(libiscsiList(3, 0, tgts(maxTgt + 1), Array.from({ length: fillSegs }, () => seg))), 5, 0x1a);
+      // DescrType: a Fibre Channel N_Port_Name CSCD descriptor (E0h); a stream-to-stream segment (03h, 20 bytes).
+      expectSense(await send(libiscsiList(1, 0, [{ type: 0xe0, naa }], [seg])), 5, 0x26, 0x07);
+      expectSense(await send(libiscsiList(1, 0, [{ naa }], [{ type: 0x03, s: 0, d: 0 }])), 5, 0x26, 0x09);
+      // ValidSegDescr: a destination CSCD index with no descriptor; blocks past the end. Both COPY ABORTED.
+      const noDst = expectSense(await send(libiscsiList(1, 0, [{ naa }], [{ ...seg, d: 1 }])), 0x0a, 0x0d, 0x02);
+      expect(noDst.fieldPointer).to.deep.include({ byte: 6, segmentDescriptor: true });
+      const pastEnd = expectSense(await send(libiscsiList(1, 0, [{ naa }], [{ ...seg, dst: 8192 - 1 }])), 0x0a, 0, 0);
+      expect(pastEnd.fieldPointer).to.deep.include({ byte: 20, segmentDescriptor: true });
+    });
+
+    it('holds COPY STATUS for LIST ID USAGE 00b until it is read (libiscsi ReceiveCopyResults.CopyStatus)', async () => {
+      const ini = await lun('lx3', '4M;slowwrite=100');
+      const naa = await naaOf(ini);
+      const status = (id: number, alloc = 1024) => ini.send(rcrCdb(0x00, alloc).fill(id, 2, 3), { dataInLength: alloc });
+      // No copy with that list identifier: INVALID FIELD IN CDB.
+      expect(expectSense(await status(1), 5, 0x24).fieldPointer).to.deep.include({ byte: 2, cdb: true });
+      const list = libiscsiList(1, 0, [{ naa }], [{ s: 0, d: 0, blocks: 2048, src: 0, dst: 8192 - 2048 }]);
+      const copy = ini.send(xcopyCdb(list.length), { dataOut: list });
+      // While it runs (every write of the copy waits 100 ms): in progress.
+      await until(async () => {
+        const r = await status(1);
+        return r.status === ScsiStatus.GOOD && r.data[4] === 0x00;
+      });
+      expectGood(await copy);
+      const r = await status(1);
+      expectGood(r);
+      const u32 = (o: number) => ((r.data[o] << 24) | (r.data[o + 1] << 16) | (r.data[o + 2] << 8) | r.data[o + 3]) >>> 0;
+      expect(u32(0), 'AVAILABLE DATA').to.equal(8);
+      expect(r.data[4], 'HDD 0, COPY MANAGER STATUS completed').to.equal(0x01);
+      expect((r.data[5] << 8) | r.data[6], 'SEGMENTS PROCESSED').to.equal(1);
+      expect(r.data[7], 'TRANSFER COUNT UNITS: bytes').to.equal(0);
+      expect(u32(8), 'TRANSFER COUNT').to.equal(2048 * BS);
+      // Read once, it is discarded.
+      expectSense(await status(1), 5, 0x24);
+      // 10b and 11b hold nothing; a failed copy holds nothing and drops what its list identifier held.
+      const small = (id: number, usage: number, dst = 100) => libiscsiList(id, usage, [{ naa }], [{ s: 0, d: 0, blocks: 1, src: 0, dst }]);
+      expectGood(await ini.send(xcopyCdb(small(2, 2).length), { dataOut: small(2, 2) }));
+      expectSense(await status(2), 5, 0x24);
+      expectGood(await ini.send(xcopyCdb(small(3, 0).length), { dataOut: small(3, 0) }));
+      expectSense(await ini.send(xcopyCdb(small(3, 0, 8192).length), { dataOut: small(3, 0, 8192) }), 0x0a, 0, 0);
+      expectSense(await status(3), 5, 0x24);
+      // ALLOCATION LENGTH 0 discards too.
+      expectGood(await ini.send(xcopyCdb(small(4, 0).length), { dataOut: small(4, 0) }));
+      expectGood(await status(4, 0));
+      expectSense(await status(4), 5, 0x24);
+    });
+
+    it("copies with sg_xcopy's parameter list, its default LIST ID USAGE 10b (no held data) and 11b", async () => {
+      const ini = await lun('sgx');
+      const naa = await naaOf(ini);
+      // sg_xcopy picks LIST ID USAGE 10b when HELD DATA LIMIT is 0, 00b otherwise.
+      const op = (await ini.send(rcrCdb(0x03, 256), { dataInLength: 256 })).data;
+      expect(((op[24] << 24) | (op[25] << 16) | (op[26] << 8) | op[27]) >>> 0, 'HELD DATA LIMIT').to.equal(0);
+      const data = fill(16, 9);
+      expectGood(await ini.write(0, data));
+      for (const [usage, listId, dst] of [[2, 1, 1024], [3, 0, 2048]] as const) {
+        const p = sgXcopyList(listId, usage, naa, 16, 0, dst);
+        expectGood(await ini.send(xcopyCdb(p.length), { dataOut: p }), `LIST ID USAGE ${usage}`);
+        expect(Buffer.compare((await ini.read(dst, 16)).data, data)).to.equal(0);
+      }
+    });
+
     it('rejects malformed parameter lists with the sense SPC-4 names for each', async () => {
       const ini = await lun('xm');
       const naa = await naaOf(ini);
@@ -595,8 +798,11 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       const good = xcopyList([naa], [seg]);
       expectSense(await send(good.subarray(0, good.length - 4)), 5, 0x1a);
       expectSense(await send(good, good.length + 16), 5, 0x1a);
-      // LIST ID USAGE other than 11b.
-      expect(expectSense(await send(xcopyList([naa], [seg], { usage: 0 })), 5, 0x26).fieldPointer).to.deep.include({ byte: 1 });
+      // LIST ID USAGE 01b (reserved); 11b (no list identifier) with a LIST IDENTIFIER.
+      expect(expectSense(await send(xcopyList([naa], [seg], { usage: 1 })), 5, 0x26).fieldPointer).to.deep.include({ byte: 1, bit: 4 });
+      const withId = good.slice();
+      withId[0] = 7;
+      expect(expectSense(await send(withId), 5, 0x26).fieldPointer).to.deep.include({ byte: 0 });
       // Descriptor list lengths that are not whole descriptors.
       const odd = good.slice();
       odd[3] = 31;
@@ -606,8 +812,8 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       expect(expectSense(await send(oddSeg), 5, 0x26).fieldPointer).to.deep.include({ byte: 8 });
       // A segment DESCRIPTOR LENGTH other than 18h.
       expect(expectSense(await send(xcopyList([naa], [seg], { segLen: 0x14 })), 5, 0x26).fieldPointer).to.deep.include({ byte: 16 + 32 + 2 });
-      // A CSCD index past the list.
-      expectSense(await send(xcopyList([naa], [{ ...seg, d: 1 }])), 5, 0x26);
+      // A CSCD index past the list: found while processing the segment, COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE.
+      expect(expectSense(await send(xcopyList([naa], [{ ...seg, d: 1 }])), 0x0a, 0x0d, 0x02).fieldPointer).to.deep.include({ byte: 6, segmentDescriptor: true });
       // Unsupported descriptor types, too many descriptors.
       expectSense(await send(xcopyList([naa], [seg], { tdType: 0xe5 })), 5, 0x26, 0x07);
       expectSense(await send(xcopyList([naa], [seg], { segType: 0x01 })), 5, 0x26, 0x09);

@@ -9,14 +9,15 @@
  * ALUA gating, and both ends of EXTENDED COPY between LUNs of the daemon.
  */
 import {
-  ScsiError, SenseKey, compareAndWriteViaReadWrite, compareBuffers, enabledPort, errnoError, isZeroRange,
-  makeBlockIo, naaDesignator, patternOf, sliceBuffers, writeSameViaWrite,
+  Asc, ListIdUsage, ScsiError, SenseKey, XcopySegmentField, compareAndWriteViaReadWrite, compareBuffers, enabledPort,
+  errnoError, isZeroRange, makeBlockIo, naaDesignator, patternOf, sliceBuffers, writeSameViaWrite,
   type AluaGroupInfo, type BlockIo, type CompareAndWriteIo, type DeviceHandler, type IoVec, type ScsiDeviceInfo,
-  type ScsiPlan, type XcopySegment,
+  type ScsiPlan,
 } from '@tcmu-ts/core';
 import { AluaController } from './alua-controller.js';
 import type { PeerInfo, WireError } from './device-spec.js';
 import { LbaRangeLock } from './lba-lock.js';
+import { CopyStatusTable } from './xcopy-status.js';
 
 /** How a worker reaches the other LUNs of the daemon (through the supervisor). */
 export interface PeerLink {
@@ -111,8 +112,12 @@ interface CopyEnd {
   readonly maxXferBlocks: number;
 }
 
+type XcopyPlan = Extract<ScsiPlan, { kind: 'xcopy' }>;
+
 export class CommandExecutor {
   readonly rangeLock = new LbaRangeLock();
+  /** COPY STATUS held for EXTENDED COPY commands with LIST ID USAGE 00b. */
+  readonly copyStatus = new CopyStatusTable();
   readonly alua?: AluaController;
   /** Set while FORMAT UNIT runs: progress 0..65535 for sense-key-specific bytes. */
   formatProgress: number | undefined;
@@ -131,6 +136,11 @@ export class CommandExecutor {
 
   private get h(): DeviceHandler {
     return this.x.handler;
+  }
+
+  /** A logical unit reset (task management): copy status held for RECEIVE COPY RESULTS is discarded. */
+  onReset(): void {
+    this.copyStatus.clear();
   }
 
   /** The device is stopping: a running format ends at its next chunk instead of holding the stop up. */
@@ -176,8 +186,10 @@ export class CommandExecutor {
         await this.format(plan.immed);
         return 0;
       case 'xcopy':
-        await this.extendedCopy(plan.segments);
+        await this.extendedCopy(plan);
         return 0;
+      case 'copy-status':
+        return copyInto(data.buffers, this.copyStatus.report(plan.listId, plan.allocationLength));
       case 'rtpg': {
         if (!this.alua) throw ScsiError.invalidOpcode();
         const d = await this.alua.reportTargetPortGroups(plan.extended, plan.allocationLength);
@@ -398,21 +410,53 @@ export class CommandExecutor {
    * the supervisor. tcmu-runner refuses copies between two different
    * devices, since it cannot check the initiator may reach the other one;
    * here every LUN the daemon serves counts as reachable.
+   *
+   * The list has been checked (ILLEGAL REQUEST errors); what goes wrong
+   * from here happens while segments are processed and is COPY ABORTED
+   * (SPC-4), with the segment number in COMMAND-SPECIFIC INFORMATION and a
+   * segment pointer at the field at fault: a CSCD index that names no
+   * descriptor or a LU not served here (COPY TARGET DEVICE NOT REACHABLE),
+   * block sizes that differ (INCORRECT COPY TARGET DEVICE TYPE), blocks
+   * past the end of either LU (no additional sense code: SPC-4 has none
+   * for it under COPY ABORTED; the pointer names the LBA). All of that is
+   * checked before the segment's first block moves.
    */
-  private async extendedCopy(segments: readonly XcopySegment[]): Promise<void> {
-    for (const seg of segments) {
-      const src = await this.copyEnd(seg.source);
-      const dst = await this.copyEnd(seg.destination);
-      if (!src || !dst || (src.peer !== undefined && dst.peer !== undefined)) throw ScsiError.copyTargetNotReachable();
-      if (src.blockSize !== dst.blockSize) throw ScsiError.incorrectCopyTargetType();
-      if (seg.sourceLba + BigInt(seg.blocks) > BigInt(src.numLbas)) throw ScsiError.lbaOutOfRange(seg.sourceLba);
-      if (seg.destinationLba + BigInt(seg.blocks) > BigInt(dst.numLbas)) throw ScsiError.lbaOutOfRange(seg.destinationLba);
-      if (seg.blocks === 0) continue;
-      await this.copySegment(src, Number(seg.sourceLba), dst, Number(seg.destinationLba), seg.blocks);
+  private async extendedCopy(plan: XcopyPlan): Promise<void> {
+    const named = plan.listIdUsage !== ListIdUsage.NONE;
+    const progress = named ? this.copyStatus.begin(plan.listId, plan.listIdUsage === ListIdUsage.HOLD) : undefined;
+    try {
+      for (const seg of plan.segments) {
+        const at = (byte?: number) => ({ segment: seg.index, ...(byte !== undefined ? { byte } : {}) });
+        const src = seg.source && (await this.copyEnd(seg.source));
+        if (!src) throw ScsiError.copyTargetNotReachable(at(XcopySegmentField.SOURCE_INDEX));
+        const dst = seg.destination && (await this.copyEnd(seg.destination));
+        if (!dst) throw ScsiError.copyTargetNotReachable(at(XcopySegmentField.DESTINATION_INDEX));
+        // Neither end is this LUN.
+        if (src.peer !== undefined && dst.peer !== undefined) throw ScsiError.copyTargetNotReachable(at());
+        if (src.blockSize !== dst.blockSize) throw ScsiError.incorrectCopyTargetType(at());
+        if (seg.sourceLba + BigInt(seg.blocks) > BigInt(src.numLbas)) {
+          throw ScsiError.copyAborted(Asc.NO_ADDITIONAL_SENSE, at(XcopySegmentField.SOURCE_LBA));
+        }
+        if (seg.destinationLba + BigInt(seg.blocks) > BigInt(dst.numLbas)) {
+          throw ScsiError.copyAborted(Asc.NO_ADDITIONAL_SENSE, at(XcopySegmentField.DESTINATION_LBA));
+        }
+        if (seg.blocks > 0) {
+          await this.copySegment(src, Number(seg.sourceLba), dst, Number(seg.destinationLba), seg.blocks, (n) => {
+            if (progress) progress.bytes += n * src.blockSize;
+          });
+        }
+        if (progress) progress.segmentsProcessed++;
+      }
+    } catch (e) {
+      this.copyStatus.finish(plan.listId, progress, false);
+      throw e;
     }
+    this.copyStatus.finish(plan.listId, progress, true);
   }
 
-  private async copySegment(src: CopyEnd, srcLba: number, dst: CopyEnd, dstLba: number, blocks: number): Promise<void> {
+  private async copySegment(
+    src: CopyEnd, srcLba: number, dst: CopyEnd, dstLba: number, blocks: number, onWritten?: (blocks: number) => void,
+  ): Promise<void> {
     const bs = src.blockSize;
     const limit = (m: number) => (m > 0 ? m : 2048);
     const per = Math.max(1, Math.min(blocks, limit(src.maxXferBlocks), limit(dst.maxXferBlocks)));
@@ -424,6 +468,7 @@ export class CommandExecutor {
       const off = backwards ? blocks - done - n : done;
       await this.copyIo(src, 'read', srcLba + off, n, sab);
       await this.copyIo(dst, 'write', dstLba + off, n, sab);
+      onWritten?.(n);
       done += n;
     }
   }

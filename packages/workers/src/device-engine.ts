@@ -219,6 +219,7 @@ export class DeviceEngine {
     const name = Object.entries(TmrType).find(([, v]) => v === type)?.[0] ?? `type ${type}`;
     this.o.log.warn(`task management ${name} for ${ids.length} command(s): ${ids.join(',')}`);
     for (const id of ids) this.aborted.add(id);
+    if (RESET_TMRS.has(type)) this.exec.onReset();
   }
 
   private views(iovs: IoVec[]): Uint8Array[] {
@@ -473,6 +474,9 @@ export class DeviceEngine {
     this.o.counters.publish();
   }
 }
+
+/** Task management functions that reset the logical unit (copy status held for RECEIVE COPY RESULTS goes). */
+const RESET_TMRS: ReadonlySet<number> = new Set([TmrType.LUN_RESET, TmrType.LUN_RESET_PRO, TmrType.TARGET_WARM_RESET, TmrType.TARGET_COLD_RESET]);
 
 /** SAM-5: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit attention. */
 const UA_EXEMPT = new Set([0x12, 0xa0, 0x03]);

@@ -24,7 +24,10 @@ import {
   decodeWriteVerify, type UnmapRange,
 } from './sbc.js';
 import { ScsiError } from './sense.js';
-import { decodeExtendedCopy, emulateReceiveCopyResults, type XcopySegment } from './xcopy.js';
+import {
+  CopyResultsAction, copyOperatingParameters, decodeExtendedCopyList, decodeReceiveCopyResults,
+  type ListIdUsageValue, type XcopySegment,
+} from './xcopy.js';
 
 /** What the engine must do for a command beyond what `emulate` can say. */
 export type ScsiPlan =
@@ -41,8 +44,10 @@ export type ScsiPlan =
   | { kind: 'write-verify'; lba: number; blocks: number; bytchk: 0 | 1 }
   /** FORMAT UNIT: zero the whole medium; with `immed`, GOOD first and the format in the background. */
   | { kind: 'format'; immed: boolean }
-  /** EXTENDED COPY (LID1) segments, not yet resolved to devices. */
-  | { kind: 'xcopy'; segments: XcopySegment[] }
+  /** EXTENDED COPY (LID1) segments, not yet resolved to devices, with the list's identifier and its usage. */
+  | { kind: 'xcopy'; listId: number; listIdUsage: ListIdUsageValue; segments: XcopySegment[] }
+  /** RECEIVE COPY RESULTS, COPY STATUS: the engine holds the status of the copies it runs. */
+  | { kind: 'copy-status'; listId: number; allocationLength: number }
   /** REPORT TARGET PORT GROUPS: the engine brings the group states up to date, then answers. */
   | { kind: 'rtpg'; extended: boolean; allocationLength: number }
   /** SET TARGET PORT GROUPS. */
@@ -126,12 +131,15 @@ const PLANNERS = new Map<number, Planner>([
   [Opcode.START_STOP_UNIT, (c) => (checkStartStopUnit(c), goodOutcome())],
   [Opcode.EXTENDED_COPY, (c, d, o) => {
     if (!d.thirdPartyCopy) throw ScsiError.invalidOpcode();
-    const segments = decodeExtendedCopy(c, o, d.blockSize);
-    return segments.length ? { kind: 'xcopy', segments } : goodOutcome();
+    const list = decodeExtendedCopyList(c, o, d.blockSize);
+    return list ? { kind: 'xcopy', ...list } : goodOutcome();
   }],
   [Opcode.RECEIVE_COPY_RESULTS, (c, d) => {
     if (!d.thirdPartyCopy) throw ScsiError.invalidOpcode();
-    return goodOutcome(emulateReceiveCopyResults(c));
+    const f = decodeReceiveCopyResults(c);
+    if (f.action === CopyResultsAction.COPY_STATUS) return { kind: 'copy-status', listId: f.listId, allocationLength: f.allocationLength };
+    const data = copyOperatingParameters(d.blockSize);
+    return goodOutcome(data.subarray(0, Math.min(f.allocationLength, data.length)));
   }],
   [Opcode.MAINTENANCE_IN, maintenanceIn],
   [Opcode.MAINTENANCE_OUT, maintenanceOut],

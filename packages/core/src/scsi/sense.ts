@@ -107,6 +107,13 @@ export interface FieldPointer {
   readonly bit?: number;
   /** true: the error is in the CDB (C/D = 1); false: in the parameter data. */
   readonly cdb: boolean;
+  /**
+   * COPY ABORTED only (segment pointer, SPC-4 4.5.2.4.5): the byte counts
+   * from the start of the segment descriptor whose number is in the
+   * COMMAND-SPECIFIC INFORMATION field (SD = 1), not from the start of the
+   * parameter list.
+   */
+  readonly segmentDescriptor?: boolean;
 }
 
 export interface SenseOptions {
@@ -130,7 +137,7 @@ function senseKeySpecific(opts: SenseOptions): Uint8Array | undefined {
   if (opts.fieldPointer) {
     const fp = opts.fieldPointer;
     const sks = new Uint8Array(3);
-    sks[0] = 0x80 | (fp.cdb ? 0x40 : 0);
+    sks[0] = 0x80 | (fp.cdb ? 0x40 : 0) | (fp.segmentDescriptor ? 0x20 : 0);
     if (fp.bit !== undefined) sks[0] |= 0x08 | (fp.bit & 0x7);
     put16(sks, 1, fp.byte & 0xffff);
     return sks;
@@ -240,6 +247,16 @@ function decodeSks(sks: Uint8Array, key: number): Pick<DecodedSense, 'fieldPoint
     };
     return { fieldPointer: fp };
   }
+  if (key === SenseKey.COPY_ABORTED) {
+    // Segment pointer: C/D is reserved, SD (bit 5) says what the field pointer counts from.
+    const fp: FieldPointer = {
+      byte: be16(sks, 1),
+      cdb: false,
+      ...(sks[0] & 0x20 ? { segmentDescriptor: true } : {}),
+      ...(sks[0] & 0x08 ? { bit: sks[0] & 0x07 } : {}),
+    };
+    return { fieldPointer: fp };
+  }
   if (key === SenseKey.NOT_READY || key === SenseKey.NO_SENSE) return { progress: be16(sks, 1) };
   return {};
 }
@@ -293,6 +310,15 @@ export function describeSense(key: number, asc: number, ascq: number): string {
   const k = KEY_NAMES[key] ?? `SENSE KEY ${hex(key)}`;
   const a = ASC_NAMES.get((asc << 8) | ascq) ?? 'ASC';
   return `${k}: ${a} (${hex(asc)}/${hex(ascq)})`;
+}
+
+/** Where in an EXTENDED COPY parameter list a COPY ABORTED error lies. */
+export interface CopySegmentRef {
+  /** Segment number: position of the segment descriptor in the list, from 0. */
+  readonly segment: number;
+  /** Byte within that segment descriptor, for the segment pointer. */
+  readonly byte?: number;
+  readonly bit?: number;
 }
 
 export interface ScsiErrorOptions {
@@ -439,14 +465,30 @@ export class ScsiError extends Error {
     return ScsiError.of(SenseKey.NOT_READY, Asc.NOT_READY_TARGET_PORT_IN_STANDBY_STATE);
   }
 
+  /**
+   * COPY ABORTED: an EXTENDED COPY failed while its segment descriptors
+   * were being processed (SPC-4 6.4.3.x). With `at`, the segment number goes
+   * in COMMAND-SPECIFIC INFORMATION (its third and fourth bytes in fixed
+   * format) and, with `at.byte`, the sense-key-specific segment pointer
+   * names the field within that segment descriptor (SD = 1).
+   */
+  static copyAborted(p: AscPair, at?: CopySegmentRef): ScsiError {
+    return ScsiError.of(SenseKey.COPY_ABORTED, p, {
+      ...(at ? { commandSpecific: at.segment } : {}),
+      ...(at?.byte !== undefined
+        ? { fieldPointer: { byte: at.byte, cdb: false, segmentDescriptor: true, ...(at.bit !== undefined ? { bit: at.bit } : {}) } }
+        : {}),
+    });
+  }
+
   /** COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE (EXTENDED COPY target not served here). */
-  static copyTargetNotReachable(): ScsiError {
-    return ScsiError.of(SenseKey.COPY_ABORTED, Asc.COPY_TARGET_DEVICE_NOT_REACHABLE);
+  static copyTargetNotReachable(at?: CopySegmentRef): ScsiError {
+    return ScsiError.copyAborted(Asc.COPY_TARGET_DEVICE_NOT_REACHABLE, at);
   }
 
   /** COPY ABORTED, INCORRECT COPY TARGET DEVICE TYPE (e.g. block sizes differ). */
-  static incorrectCopyTargetType(): ScsiError {
-    return ScsiError.of(SenseKey.COPY_ABORTED, Asc.INCORRECT_COPY_TARGET_DEVICE_TYPE);
+  static incorrectCopyTargetType(at?: CopySegmentRef): ScsiError {
+    return ScsiError.copyAborted(Asc.INCORRECT_COPY_TARGET_DEVICE_TYPE, at);
   }
 
   /** An ILLEGAL REQUEST with a named ASC pointing into the parameter list. */
