@@ -121,6 +121,29 @@ describe('file handler', () => {
     expect(new Uint8Array(onDisk)).to.deep.equal(data);
   });
 
+  it('moves page-cache IO on the calling thread by default and through the libuv pool with ;async, with the same bytes', async () => {
+    const img = path.join(dir, 'modes.img');
+    const inline = (await open(img, 4096)).dh;
+    const pooled = (await open(`${img};async`, 4096)).dh;
+    const data = pattern(24 * BS, 9);
+    // A synchronous write has landed before write() even returns its promise.
+    const pending = inline.write(io(7, [4096, 8192], data));
+    const fd = fs.openSync(img, 'r');
+    const onDisk = Buffer.alloc(data.length);
+    fs.readSync(fd, onDisk, 0, onDisk.length, 7 * BS);
+    fs.closeSync(fd);
+    expect(new Uint8Array(onDisk)).to.deep.equal(data);
+    await pending;
+    const r = io(7, [BS * 4, BS * 20]);
+    await pooled.read(r);
+    expect(flattenBuffers(r.buffers)).to.deep.equal(data);
+    const data2 = pattern(8 * BS, 3);
+    await pooled.write(io(100, [8 * BS], data2));
+    const r2 = io(100, [8 * BS]);
+    await inline.read(r2);
+    expect(flattenBuffers(r2.buffers)).to.deep.equal(data2);
+  });
+
   it('reads never-written blocks as zeros', async () => {
     const { dh } = await open(path.join(dir, 'sparse.img'), 4096);
     const r = io(2000, [4096, 1024]);

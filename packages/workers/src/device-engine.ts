@@ -9,7 +9,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import {
-  RingConsumer, RingBrokenError, ScsiStatus, TmrType, pollIn, readEvent, writeEvent,
+  RingConsumer, RingBrokenError, ScsiStatus, TmrType, pollIn, pollInSync, readEvent, writeEvent,
   type RingCommand, type IoVec,
 } from '@tcmu-ts/ring';
 import {
@@ -27,6 +27,8 @@ const CLS_FLUSH = 2;
 const CLS_OTHER = 3;
 /** How long one wait for the kernel may last before the loop looks at its stop flag again. */
 const WAIT_SLICE_MS = 200;
+/** The same, when the thread itself sleeps in poll() and nothing else runs meanwhile. */
+const IDLE_SLICE_MS = 20;
 
 export interface EngineLog {
   /** tcmu-runner log level 5 (one line per CDB); optional for embedders that never turn it on. */
@@ -74,6 +76,8 @@ export class DeviceEngine {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private broken = false;
+  /** run() has returned: the ring may be unmapped at any moment. */
+  private finished = false;
   /** tcmu-runner's log level 5: a line per CDB. */
   logCdbs = false;
   /** Reported once, to the next command that is not exempt from unit attentions. */
@@ -133,12 +137,21 @@ export class DeviceEngine {
     while (!this.stopping && !this.broken) {
       this.drain();
       if (this.broken) break;
-      if (this.consumer.hasWork()) {
-        // Let settled handler promises post their completions before reading more.
-        await new Promise<void>((r) => setImmediate(r));
-        continue;
+      // Let handler promises that already settled (page-cache IO, RAM) post
+      // their completions and the batch's kick before deciding how to wait.
+      await new Promise<void>((r) => setImmediate(r));
+      if (this.consumer.hasWork()) continue;
+      let revents: number;
+      if (this.inFlight === 0) {
+        // Nothing of ours can settle while we wait, so the thread may sleep in
+        // poll() itself: no hop through the libuv pool on the way in or out.
+        // The slice is short so stop requests and timers are still seen soon.
+        this.flushKick();
+        revents = pollInSync(fd, IDLE_SLICE_MS);
+        if (!revents) await new Promise<void>((r) => setImmediate(r));
+      } else {
+        revents = await pollIn(fd, WAIT_SLICE_MS);
       }
-      const revents = await pollIn(fd, WAIT_SLICE_MS);
       if (revents) {
         this.o.counters.add(Scalar.WAKEUPS);
         while (readEvent(fd) !== null) { /* take every pending event: one drain serves them all */ }
@@ -148,6 +161,7 @@ export class DeviceEngine {
     if (!this.broken) this.drain();
     await this.whenIdle();
     this.flushKick();
+    this.finished = true;
   }
 
   /**
@@ -463,6 +477,8 @@ export class DeviceEngine {
   }
 
   private flushKick(): void {
+    // After run() the worker unmaps the ring: a kick scheduled before that must not touch it.
+    if (this.finished) return;
     const wasPending = this.kickPending;
     this.kickPending = false;
     this.o.counters.set(Scalar.IN_FLIGHT, this.inFlight);
