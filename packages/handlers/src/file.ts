@@ -165,7 +165,7 @@ export class FileDevice implements DeviceHandler {
   async read(io: BlockIo): Promise<void> {
     if (this.inline) {
       try {
-        readSyncAt(this.fd, io.buffers, io.offset, io.length);
+        transferSync('read', this.fd, io.buffers, io.offset, io.length, this.config.path);
         return;
       } catch (e) {
         throw translate(e);
@@ -183,7 +183,7 @@ export class FileDevice implements DeviceHandler {
   async write(io: BlockIo): Promise<void> {
     if (this.inline) {
       try {
-        writeSyncAt(this.fd, io.buffers, io.offset, io.length, this.config.path);
+        transferSync('write', this.fd, io.buffers, io.offset, io.length, this.config.path);
       } catch (e) {
         throw translate(e);
       }
@@ -337,31 +337,25 @@ export class FileDevice implements DeviceHandler {
   }
 }
 
-/** readAt on the calling thread. */
-function readSyncAt(fd: number, buffers: readonly Uint8Array[], pos: number, length: number): void {
+/**
+ * readAt / writeAt on the calling thread: loop until `length` bytes moved. A
+ * read that hits the end of the file zero-fills the rest; a write that makes
+ * no progress is an EIO.
+ */
+function transferSync(kind: 'read' | 'write', fd: number, buffers: readonly Uint8Array[], pos: number, length: number, what: string): void {
   let done = 0;
   let bufs = buffers;
   for (;;) {
-    const n = bufs.length === 1 ? fs.readSync(fd, bufs[0], 0, bufs[0].byteLength, pos + done) : fs.readvSync(fd, bufs, pos + done);
+    const n = kind === 'read'
+      ? (bufs.length === 1 ? fs.readSync(fd, bufs[0], 0, bufs[0].byteLength, pos + done) : fs.readvSync(fd, bufs, pos + done))
+      : (bufs.length === 1 ? fs.writeSync(fd, bufs[0], 0, bufs[0].byteLength, pos + done) : fs.writevSync(fd, bufs, pos + done));
     done += n;
     if (done >= length) return;
     if (n === 0) {
+      if (kind === 'write') throw errnoError('EIO', `write to ${what} made no progress at ${pos + done}`);
       zeroBuffers(buffers, done);
       return;
     }
-    bufs = sliceBuffers(buffers, done);
-  }
-}
-
-/** writeAt on the calling thread. */
-function writeSyncAt(fd: number, buffers: readonly Uint8Array[], pos: number, length: number, what: string): void {
-  let done = 0;
-  let bufs = buffers;
-  for (;;) {
-    const n = bufs.length === 1 ? fs.writeSync(fd, bufs[0], 0, bufs[0].byteLength, pos + done) : fs.writevSync(fd, bufs, pos + done);
-    done += n;
-    if (done >= length) return;
-    if (n === 0) throw errnoError('EIO', `write to ${what} made no progress at ${pos + done}`);
     bufs = sliceBuffers(buffers, done);
   }
 }

@@ -13,6 +13,7 @@ import {
   CmdReq, CmdRsp, CMD_ENTRY_SIZE, EntryHdr, EntryOp, Mailbox, MailboxFlag, TCMU_MAILBOX_VERSION,
   TCMU_SENSE_BUFFERSIZE, TmrEntry, UFlag, entryLen, entryOp, ringUsed,
 } from './abi.js';
+import { ringCdbLength } from './sim-scsi.js';
 
 /** A span of the map (offset from its start) holding data of one command. */
 export interface IoVec {
@@ -77,7 +78,6 @@ export interface CompletionOptions {
   unknownOp?: boolean;
 }
 
-const MAX_CDB = 260; // variable-length CDBs top out here (SPC: 0x7F, additional length byte)
 
 export class RingConsumer {
   readonly version: number;
@@ -204,7 +204,7 @@ export class RingConsumer {
     if (cdbStart < base + CmdReq.IOV + CmdReq.IOVEC_SIZE * total || cdbStart >= entryEnd) {
       return bad('cdb-out-of-bounds', `cdb_off ${cdbStart} not inside its entry [${base}, ${entryEnd})`);
     }
-    const cdbLen = cdbLengthFromOpcode(this.u8, cdbStart, entryEnd);
+    const cdbLen = ringCdbLength(this.u8, cdbStart, entryEnd);
     if (cdbLen === 0 || cdbStart + cdbLen > entryEnd) return bad('cdb-out-of-bounds', `CDB of opcode 0x${this.u8[cdbStart].toString(16)} overruns its entry`);
     const cdb = this.u8.slice(cdbStart, cdbStart + cdbLen);
 
@@ -305,19 +305,4 @@ export class RingConsumer {
   view(iov: IoVec): Uint8Array {
     return new Uint8Array(this.u8.buffer, iov.offset, iov.length);
   }
-}
-
-/**
- * CDB length as the kernel sizes it (scsi_command_size: a table by group code,
- * variable-length 0x7F CDBs carrying their own length). 0 when unknowable.
- */
-const CDB_SIZE_BY_GROUP = [6, 10, 10, 12, 16, 12, 10, 10];
-function cdbLengthFromOpcode(u8: Uint8Array, at: number, limit: number): number {
-  const op = u8[at];
-  if (op === 0x7f) {
-    if (at + 8 > limit) return 0;
-    const n = 8 + u8[at + 7];
-    return n <= MAX_CDB ? n : 0;
-  }
-  return CDB_SIZE_BY_GROUP[op >> 5];
 }

@@ -1,6 +1,6 @@
 /**
- * The little SCSI knowledge the kernel simulator and the test initiator need:
- * how long the kernel thinks a CDB is, and the sense data LIO makes up when it
+ * The little SCSI knowledge the ring itself needs (consumer, kernel simulator,
+ * test initiator): how long the kernel thinks a CDB is, and the sense data LIO makes up when it
  * answers a command itself instead of passing on what userspace wrote.
  */
 
@@ -20,6 +20,7 @@ export const SenseKey = {
   ABORTED_COMMAND: 0xb,
   VOLUME_OVERFLOW: 0xd,
   MISCOMPARE: 0xe,
+  COMPLETED: 0xf,
 } as const;
 
 /** The longest CDB LIO accepts (a variable-length CDB: 8 + additional length, capped by SPC). */
@@ -40,6 +41,19 @@ export function scsiCdbLength(cdb: Uint8Array): number {
   const op = cdb[0];
   if (op === VARIABLE_LENGTH_CMD) return 8 + (cdb.length > 7 ? cdb[7] : 0);
   return CDB_LEN_BY_GROUP[op >> 5];
+}
+
+/**
+ * The same rule for a CDB found in the ring at `at`, whose bytes end at
+ * `limit`: 0 when a variable-length CDB's length byte is out of reach or the
+ * length passes MAX_CDB_LENGTH.
+ */
+export function ringCdbLength(u8: Uint8Array, at: number, limit: number): number {
+  const op = u8[at];
+  if (op !== VARIABLE_LENGTH_CMD) return CDB_LEN_BY_GROUP[op >> 5];
+  if (at + 8 > limit) return 0;
+  const n = 8 + u8[at + 7];
+  return n <= MAX_CDB_LENGTH ? n : 0;
 }
 
 /** Fixed-format (0x70, current) sense data as LIO builds it when descriptor sense is off. */

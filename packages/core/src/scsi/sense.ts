@@ -7,26 +7,11 @@
  * (the kernel copies them into the transport's autosense).
  */
 
+import { SenseKey } from '@tcmu-ts/ring';
 import { be16, be32, be64, put16, put32, put64, topBit } from './bytes.js';
 
-/** Sense keys (SPC-4 table 28). */
-export const SenseKey = {
-  NO_SENSE: 0x0,
-  RECOVERED_ERROR: 0x1,
-  NOT_READY: 0x2,
-  MEDIUM_ERROR: 0x3,
-  HARDWARE_ERROR: 0x4,
-  ILLEGAL_REQUEST: 0x5,
-  UNIT_ATTENTION: 0x6,
-  DATA_PROTECT: 0x7,
-  BLANK_CHECK: 0x8,
-  VENDOR_SPECIFIC: 0x9,
-  COPY_ABORTED: 0xa,
-  ABORTED_COMMAND: 0xb,
-  VOLUME_OVERFLOW: 0xd,
-  MISCOMPARE: 0xe,
-  COMPLETED: 0xf,
-} as const;
+/** Sense keys (SPC-4 table 28): one table for the whole project, kept with the ring's SCSI basics. */
+export { SenseKey };
 export type SenseKeyValue = (typeof SenseKey)[keyof typeof SenseKey];
 
 /** An additional sense code and its qualifier. */
