@@ -73,6 +73,14 @@ ts_create() {
   printf '%s' "${BASH_REMATCH[1]}"
 }
 
+# ts_dev_block_link SD: /dev/block/MAJ:MIN -> ../SD, as udev would make it (the guest has
+# no udev); sg_xcopy, given a block device, opens /dev/block/MAJ:MIN for SG_IO
+ts_dev_block_link() {
+  local mm
+  read -r mm <"/sys/block/$1/dev" || return 1
+  mkdir -p /dev/block && ln -sfn "../$1" "/dev/block/$mm" && [ -b "/dev/block/$mm" ]
+}
+
 # ts_fio NAME FIO-ARGS...: run fio with JSON output to $TCMU_OUT/fio/NAME.json
 # (run.mjs puts IOPS and latency into the report); returns fio's status.
 ts_fio() {
