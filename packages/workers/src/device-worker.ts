@@ -4,12 +4,12 @@
  * did not catch ends this thread only; the supervisor restarts it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { mapShared, errnoName } from '@tcmu-ts/ring';
-import { loadHandler, ScsiError, type DeviceHandler, type HandlerDevice, type ScsiDeviceInfo } from '@tcmu-ts/core';
+import { errnoName } from '@tcmu-ts/ring';
+import { loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
 import { fromWire, toWire, type PeerLink } from './command-exec.js';
 import { CounterWriter } from './counters.js';
-import { DeviceEngine } from './device-engine.js';
-import { scsiInfoFromSpec } from './scsi-info.js';
+import type { DeviceEngine } from './device-engine.js';
+import { HandlerOpenFailed, openRingDevice } from './serve-device.js';
 import type { DeviceSpec, PeerInfo, SupervisorCommand, WorkerEvent } from './device-spec.js';
 
 interface WorkerInput {
@@ -52,46 +52,25 @@ const peers: PeerLink = {
 };
 
 async function main(): Promise<void> {
-  const map = mapShared(spec.ring.mapFd, spec.ring.mapSize);
   const handler = await loadHandler(spec.handlerSpec);
-  let engine: DeviceEngine | undefined;
-  const dev: HandlerDevice = {
-    ...(spec.cmdTimeOut ? { cmdTimeOut: spec.cmdTimeOut } : {}),
-    notifyLockLost: () => engine?.notifyLockLost(),
-    name: spec.name,
-    cfgstring: spec.cfgstring,
-    blockSize: spec.blockSize,
-    numLbas: spec.numLbas,
-    maxXferBlocks: spec.maxXferBlocks,
-    writeCache: spec.writeCache,
-    log,
-    ring: { mapFd: spec.ring.mapFd, mapSize: spec.ring.mapSize },
-  };
-  let opened;
+  let device;
   try {
-    opened = await handler.open(dev, reopen);
-  } catch (e) {
+    device = await openRingDevice(spec, handler, reopen, {
+      counters: new CounterWriter(counters),
+      log,
+      onRingBroken: (reason) => post({ type: 'ring-broken', reason }),
+      peers,
+      onAluaChange: (groups) => post({ type: 'alua-state', groups: groups.map((g) => ({ name: g.name, state: g.state, status: g.status })) }),
+    });
+  } catch (err) {
+    if (!(err instanceof HandlerOpenFailed)) throw err;
+    const e = err.cause;
     const code = (e as { code?: string }).code;
     const errno = code ? errnoFromCode(code) : 5;
     post({ type: 'open-failed', reason: e instanceof Error ? e.message : String(e), errno });
-    map.unmap();
     return;
   }
-  const info = scsiInfoFromSpec(spec, dev.numLbas, opened);
-  const eng = new DeviceEngine({
-    map: map.buffer,
-    eventFd: spec.ring.eventFd,
-    handler: opened,
-    info,
-    counters: new CounterWriter(counters),
-    log,
-    onRingBroken: (reason) => post({ type: 'ring-broken', reason }),
-    peers,
-    cmdTimeOutMs: spec.cmdTimeOut ? spec.cmdTimeOut * 1000 : 0,
-    onAluaChange: (groups) => post({ type: 'alua-state', groups: groups.map((g) => ({ name: g.name, state: g.state, status: g.status })) }),
-    unsafeNoCawLock: spec.unsafeNoCawLock,
-  });
-  engine = eng;
+  const { map, dev, handler: opened, info, engine: eng } = device;
   eng.logCdbs = logCdbs;
   if (spec.cmdTimeOut) log.info(`tcmur_cmd_time_out ${spec.cmdTimeOut} s`);
   port.on('message', (m: SupervisorCommand) => {

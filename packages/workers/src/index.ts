@@ -7,3 +7,4 @@ export * from './verify-pattern.js';
 export * from './daemon.js';
 export * from './kernel-backend.js';
 export * from './metrics.js';
+export * from './serve-device.js';
