@@ -6,4 +6,4 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const built = spawnSync(process.execPath, [join(root, 'scripts', 'ensure-built.mjs')], { stdio: 'inherit', env: { ...process.env, TCMU_TS_QUIET_BUILD: '1' } });
 if (built.status !== 0) process.exit(built.status ?? 1);
-await import(join(root, 'packages', 'workers', 'dist', 'cli.js'));
+await import(join(root, 'packages', 'workers', 'dist', 'cli', 'main.js'));

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Initiator, ScsiStatus, cdbWrite10, cdbModeSense6 } from '@tcmu-ts/ring';
 import { Supervisor, SimulatedBackend, DeviceOpenError, type DeviceSpec } from '@tcmu-ts/workers';
-import { fillBlocks, checkBlocks } from '@tcmu-ts/workers/verify-pattern';
+import { fillBlocks, checkBlocks } from '@tcmu-ts/workers/demo/verify-pattern';
 
 const BS = 512;
 

@@ -11,7 +11,7 @@ import {
   requestSenseData, ScsiError, stateSupported, tpgsOf, standardInquiry,
   type AluaInfo, type ScsiPlan,
 } from '@tcmu-ts/core';
-import { LbaRangeLock } from '@tcmu-ts/workers/lba-lock';
+import { LbaRangeLock } from '@tcmu-ts/workers/engine/lba-lock';
 import { cdbOf, expectCheck, expectGood, invalidField, invalidOpcode, invalidParam, lbaOutOfRange, makeDev, paramListLength } from './scsi-helpers.js';
 
 function be(b: Uint8Array, off: number, len: number, v: number | bigint): Uint8Array {

@@ -18,8 +18,8 @@ import { performance } from 'node:perf_hooks';
 import { KernelSimulator, RingConsumer, readEvent, writeEvent } from '@tcmu-ts/ring';
 import { loadHandler, type DeviceHandler } from '@tcmu-ts/core';
 import { CounterWriter, createCounterBuffer, type DeviceSpec } from '@tcmu-ts/workers';
-import { DeviceEngine } from '@tcmu-ts/workers/device-engine';
-import { scsiInfoFromSpec } from '@tcmu-ts/workers/scsi-info';
+import { DeviceEngine } from '@tcmu-ts/workers/engine/device-engine';
+import { scsiInfoFromSpec } from '@tcmu-ts/workers/engine/scsi-info';
 
 export interface LayerCosts {
   ioBytes: number;

@@ -83,7 +83,7 @@ done
 export TCMU_BUILD=/repo
 if [ -n "$BUILD_REL" ] && [ -f "/repo/$BUILD_REL" ]; then
   t0=$(up)
-  if mkdir -p /opt/tcmu-ts && tar -C /opt/tcmu-ts -xf "/repo/$BUILD_REL" && [ -f /opt/tcmu-ts/packages/workers/dist/cli.js ]; then
+  if mkdir -p /opt/tcmu-ts && tar -C /opt/tcmu-ts -xf "/repo/$BUILD_REL" && [ -f /opt/tcmu-ts/packages/workers/dist/cli/main.js ]; then
     export TCMU_BUILD=/opt/tcmu-ts
     tsv build_unpacked_at "$(up)"
     echo "[stage2 $(up)s] built tree unpacked to /opt/tcmu-ts (from $BUILD_REL)"

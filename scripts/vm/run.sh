@@ -68,7 +68,7 @@ GUEST_TMO=$(( TIMEOUT > 80 ? TIMEOUT - 40 : TIMEOUT / 2 ))
 
 # Frozen copy of the built daemon (see the header and scripts/vm/snapshot-build.mjs).
 BUILD_REL=
-if [ $LIVE = 0 ] && [ -f "$REPO/packages/workers/dist/cli.js" ]; then
+if [ $LIVE = 0 ] && [ -f "$REPO/packages/workers/dist/cli/main.js" ]; then
   BUILD_TAR=$REPO/.vm-cache/build/${OUT_REL##*/}.tar   # inside the share, whatever TCMU_VM_CACHE says
   if node "$REPO/scripts/vm/snapshot-build.mjs" "$BUILD_TAR" >&2; then
     BUILD_REL=${BUILD_TAR#"$REPO"/}

@@ -3,7 +3,7 @@
 //
 //   node scripts/vm/snapshot-build.mjs <out.tar>
 //
-// Writes a tar of what `node packages/workers/dist/cli.js` needs at run time:
+// Writes a tar of what `node packages/workers/dist/cli/main.js` needs at run time:
 // package.json, packages/*/{package.json,dist/**/*.js}, and the production
 // dependency closure of the workspace packages from node_modules (the
 // @tcmu-ts/* links included). guest-init.sh unpacks it on the guest's own disk:

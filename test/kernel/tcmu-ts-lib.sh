@@ -4,7 +4,7 @@
 # TCMU_BUILD (set by guest-init.sh) is the built tree: run.sh's frozen copy
 # unpacked on the guest's disk, or /repo with --live.
 : "${TCMU_BUILD:=$TCMU_REPO}"
-TS_CLI_JS=$TCMU_BUILD/packages/workers/dist/cli.js
+TS_CLI_JS=$TCMU_BUILD/packages/workers/dist/cli/main.js
 TS_LOGDIR=$TCMU_OUT/tcmu-ts-log     # the daemon's -l (its tcmu-ts.log)
 TS_PID=
 TS_START_N=0

@@ -13,7 +13,7 @@ import {
   CmdReq, CmdRsp, CMD_ENTRY_SIZE, EntryHdr, EntryOp, Mailbox, MailboxFlag, TCMU_MAILBOX_VERSION,
   TCMU_SENSE_BUFFERSIZE, TmrEntry, UFlag, entryLen, entryOp, ringUsed,
 } from './abi.js';
-import { ringCdbLength } from './sim-scsi.js';
+import { ringCdbLength } from './kernel-scsi.js';
 
 /** A span of the map (offset from its start) holding data of one command. */
 export interface IoVec {

@@ -20,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import { LATENCY_BUCKETS_S, OP_CLASSES, readCounters, type CounterSnapshot } from './counters.js';
-import { SimulatedBackend } from './sim-backend.js';
+import { SimulatedBackend } from './demo/sim-backend.js';
 import type { DeviceState, ManagedDevice, Supervisor } from './supervisor.js';
 import type { SimCounters } from '@tcmu-ts/ring';
 

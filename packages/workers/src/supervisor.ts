@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { naaDesignator } from '@tcmu-ts/core';
-import { toHex } from './command-exec.js';
+import { toHex } from './engine/executor.js';
 import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
 import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
 
@@ -60,7 +60,7 @@ export class DeviceOpenError extends Error {
   }
 }
 
-const WORKER_URL = new URL('./device-worker.js', import.meta.url);
+const WORKER_URL = new URL('./engine/device-worker.js', import.meta.url);
 
 /** An EXTENDED COPY block IO one worker asked of another, in flight through the supervisor. */
 interface PeerForward {

@@ -9,11 +9,11 @@
  */
 import { mapShared, type SharedMap } from '@tcmu-ts/ring';
 import type { AluaGroupInfo, DeviceHandler, Handler, HandlerDevice, ScsiDeviceInfo } from '@tcmu-ts/core';
-import type { PeerLink } from './command-exec.js';
-import { CounterWriter, createCounterBuffer } from './counters.js';
+import type { PeerLink } from './executor.js';
+import { CounterWriter, createCounterBuffer } from '../counters.js';
 import { DeviceEngine, type EngineLog } from './device-engine.js';
 import { scsiInfoFromSpec } from './scsi-info.js';
-import type { DeviceSpec, RingEndpoint } from './device-spec.js';
+import type { DeviceSpec, RingEndpoint } from '../device-spec.js';
 
 /** What openRingDevice needs besides the spec and the handler. */
 export interface RingDeviceHooks {

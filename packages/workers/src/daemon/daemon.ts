@@ -14,8 +14,8 @@ import {
   type ConfigfsIo, type HandlerRegistry, type Logger, type TcmuEvent, type UioDevice,
 } from '@tcmu-ts/core';
 import { KernelBackend } from './kernel-backend.js';
-import { DeviceOpenError, Supervisor } from './supervisor.js';
-import type { DeviceSpec, RingEndpoint } from './device-spec.js';
+import { DeviceOpenError, Supervisor } from '../supervisor.js';
+import type { DeviceSpec, RingEndpoint } from '../device-spec.js';
 
 export interface DaemonOptions {
   logger: Logger;

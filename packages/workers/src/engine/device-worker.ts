@@ -6,11 +6,11 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { errnoName } from '@tcmu-ts/ring';
 import { loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
-import { fromWire, toWire, type PeerLink } from './command-exec.js';
-import { CounterWriter } from './counters.js';
+import { fromWire, toWire, type PeerLink } from './executor.js';
+import { CounterWriter } from '../counters.js';
 import type { DeviceEngine } from './device-engine.js';
 import { HandlerOpenFailed, openRingDevice } from './serve-device.js';
-import type { DeviceSpec, PeerInfo, SupervisorCommand, WorkerEvent } from './device-spec.js';
+import type { DeviceSpec, PeerInfo, SupervisorCommand, WorkerEvent } from '../device-spec.js';
 
 interface WorkerInput {
   spec: DeviceSpec;

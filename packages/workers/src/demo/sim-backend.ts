@@ -1,5 +1,5 @@
 import { KernelSimulator, type SimulatorOptions } from '@tcmu-ts/ring';
-import type { DeviceBackend } from './supervisor.js';
+import type { DeviceBackend } from '../supervisor.js';
 
 /** A device whose "kernel" is the in-process simulator: configfs actions map onto its methods. */
 export class SimulatedBackend implements DeviceBackend {

@@ -15,7 +15,7 @@ import {
   type ScsiPlan,
 } from '@tcmu-ts/core';
 import { AluaController } from './alua-controller.js';
-import type { PeerInfo, WireError } from './device-spec.js';
+import type { PeerInfo, WireError } from '../device-spec.js';
 import { LbaRangeLock } from './lba-lock.js';
 import { CopyStatusTable } from './xcopy-status.js';
 

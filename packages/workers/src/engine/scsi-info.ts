@@ -1,5 +1,5 @@
 import { TCMU_RUNNER_LIMITS, createDeviceInfo, tpgsOf, type AluaInfo, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
-import type { DeviceSpec } from './device-spec.js';
+import type { DeviceSpec } from '../device-spec.js';
 
 /** A private, mutable copy: the worker changes group states on ALUA transitions. */
 function cloneAlua(a: AluaInfo | undefined): AluaInfo | undefined {

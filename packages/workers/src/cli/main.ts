@@ -1,12 +1,12 @@
 #!/usr/bin/env node
-import './threadpool.js';
+import '../threadpool.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { runDemo } from './demo.js';
-import { runDaemon } from './daemon-main.js';
+import { runDemo } from '../demo/demo.js';
+import { runDaemon } from '../daemon/main.js';
 import { ADMIN_COMMANDS, ADMIN_HELP, runAdmin } from './admin.js';
-import { startDbusService, DbusServiceError } from './dbus/service.js';
-import { startMetricsServer, parseMetricsAddress } from './metrics.js';
+import { startDbusService, DbusServiceError } from '../dbus/service.js';
+import { startMetricsServer, parseMetricsAddress } from '../metrics.js';
 
 const HELP = `tcmu-ts: userspace daemon for the Linux LIO TCM-User (TCMU) backstore
 
@@ -48,7 +48,7 @@ and the exit status is 1 when there were errors or verify failures.
 `;
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(new URL('../../../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 

@@ -1,7 +1,7 @@
 import { closeFd, openFile, O_RDWR, O_CLOEXEC, O_NONBLOCK } from '@tcmu-ts/ring';
 import type { TcmuConfigfsDevice, UioDevice } from '@tcmu-ts/core';
-import type { RingEndpoint } from './device-spec.js';
-import type { DeviceBackend, DeviceExtras } from './supervisor.js';
+import type { RingEndpoint } from '../device-spec.js';
+import type { DeviceBackend, DeviceExtras } from '../supervisor.js';
 import { readAluaInfo, readCmdTimeOut, writeAluaState } from './alua-config.js';
 
 /** A device served by the real target_core_user: the UIO fd for the ring, configfs for the actions. */

@@ -20,10 +20,10 @@ import {
   CmdReq, CmdRsp, EntryHdr, EntryOp, Mailbox, MailboxFlag, PAGE_SIZE, ScsiStatus, TCMU_MAILBOX_VERSION,
   TCMU_OP_ALIGN_SIZE, TCMU_SENSE_BUFFERSIZE, TmrEntry, TmrType, UFlag, alignUp, cmdEntrySize, entryLen, entryOp,
   lenOp, ringFree, ringUsed, tmrEntrySize,
-} from './abi.js';
-import { POLLERR, POLLHUP, POLLIN, closeFd, mapShared, memfdCreate, pollIn, readEvent, setNonBlocking, socketPair, writeEvent, type SharedMap } from './sys.js';
-import { MAX_CDB_LENGTH, SenseKey, fixedSense, scsiCdbLength } from './sim-scsi.js';
-import { systemClock, type SimClock } from './sim-clock.js';
+} from '../abi.js';
+import { POLLERR, POLLHUP, POLLIN, closeFd, mapShared, memfdCreate, pollIn, readEvent, setNonBlocking, socketPair, writeEvent, type SharedMap } from '../sys.js';
+import { MAX_CDB_LENGTH, SenseKey, fixedSense, scsiCdbLength } from '../kernel-scsi.js';
+import { systemClock, type SimClock } from './clock.js';
 
 /** What a consumer needs to attach to a device, whether a real /dev/uioN or the simulator. */
 export interface UioEndpoint {

@@ -18,8 +18,8 @@ import {
   type AluaGroupInfo, type DeviceHandler, type ScsiDeviceInfo, type ScsiPlan,
 } from '@tcmu-ts/core';
 import { BusySignal } from './alua-controller.js';
-import { CommandExecutor, type PeerLink } from './command-exec.js';
-import { CounterWriter, Scalar } from './counters.js';
+import { CommandExecutor, type PeerLink } from './executor.js';
+import { CounterWriter, Scalar } from '../counters.js';
 
 const CLS_READ = 0;
 const CLS_WRITE = 1;

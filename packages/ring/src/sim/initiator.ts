@@ -3,8 +3,8 @@
  * device sees most and sends them through anything that can submit a CDB
  * (normally a KernelSimulator), returning what the initiator would get back.
  */
-import { ScsiStatus } from './abi.js';
-import { parseSense, type SenseInfo } from './sim-scsi.js';
+import { ScsiStatus } from '../abi.js';
+import { parseSense, type SenseInfo } from '../kernel-scsi.js';
 import type { SimFailure, SimResult, SubmitOptions } from './simulator.js';
 
 /** Anything that executes a CDB the way a LUN would. */

@@ -7,12 +7,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Supervisor } from './supervisor.js';
+import { Supervisor } from '../supervisor.js';
 import { SimulatedBackend } from './sim-backend.js';
-import { VerifyingLoad, type LoadStats } from './demo-load.js';
-import { diffBuckets, quantileFromBuckets, type CounterSnapshot } from './counters.js';
-import type { DeviceSpec } from './device-spec.js';
-import { startMetricsServer, parseMetricsAddress, type MetricsServer } from './metrics.js';
+import { VerifyingLoad, type LoadStats } from './load.js';
+import { diffBuckets, quantileFromBuckets, type CounterSnapshot } from '../counters.js';
+import type { DeviceSpec } from '../device-spec.js';
+import { startMetricsServer, parseMetricsAddress, type MetricsServer } from '../metrics.js';
 
 export interface DemoOptions {
   durationS?: number;
