@@ -3,7 +3,7 @@ import { mkdtemp, mkdir, writeFile, readFile, rm, readdir } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runAdmin, ADMIN_COMMANDS, ADMIN_HELP, type ListedBackstore } from '@tcmu-ts/workers/cli/admin';
-import { readLunTarget, createLoopExport, TcmuConfigfsDevice } from '@tcmu-ts/core/control/configfs';
+import { readLunTarget, createLoopExport, TcmuConfigfsDevice } from '@tcmu-ts/core/host/configfs';
 import { naaDesignator } from '@tcmu-ts/core/scsi/inquiry';
 import { FakeKernelConfigfs, makeKernelTree } from './fixtures/configfs-standin.js';
 

@@ -6,7 +6,7 @@ import {
   TcmuConfigfsDevice, createUserBackstore, deleteUserBackstore, createLoopExport, deleteLoopExport, readLunTarget,
   parseDeviceInfo, setNetlinkBlocked, resetNetlink, readModuleParam, randomNaaWwn, validateUserBackstoreSpec,
   ConfigfsError, ConfigfsValueError, userDeviceDir, type UserBackstoreSpec,
-} from '@tcmu-ts/core/control/configfs';
+} from '@tcmu-ts/core/host/configfs';
 import { scanUioDevices } from '@tcmu-ts/core/control/uio';
 import { FakeKernelConfigfs, errno } from './fixtures/configfs-standin.js';
 

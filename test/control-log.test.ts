@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   Logger, LogLevel, formatLogLine, formatLogTime, clampLogLevel, LOG_LEVEL_NAMES, DEFAULT_LOG_FILE,
-} from '@tcmu-ts/core/control/log';
+} from '@tcmu-ts/core/host/log';
 
 class Capture {
   lines: string[] = [];

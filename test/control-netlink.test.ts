@@ -9,7 +9,7 @@ import {
 import {
   GenlSocket, TcmuNetlink, GenlFamilyNotFoundError, TcmuNotLoadedError, NetlinkError, NetlinkTimeoutError, decodeGenlFamily,
   encodeGetFamily, GENL_ID_CTRL, type GenlTransport, type GenlListener, type GenlFamily,
-} from '@tcmu-ts/core/control/netlink';
+} from '@tcmu-ts/core/host/netlink';
 
 function hex(s: string): Uint8Array {
   const clean = s.replace(/#[^\n]*/g, '').replace(/\s+/g, '');

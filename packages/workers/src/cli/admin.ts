@@ -31,7 +31,7 @@ import {
   validateUserBackstoreSpec,
   type ConfigfsIo,
   type UserBackstoreSpec,
-} from '@tcmu-ts/core/control/configfs';
+} from '@tcmu-ts/core/host/configfs';
 import { scanUioDevices, type UioDevice } from '@tcmu-ts/core/control/uio';
 
 export interface AdminIo {

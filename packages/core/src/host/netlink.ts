@@ -12,11 +12,11 @@ import { constants as osConstants } from 'node:os';
 import {
   type NlMsg, type GenlMsg, decodeNlMsgs, decodeNlError, decodeGenlMsg, decodeNested, attrMap, attrString, attrU16, attrU32,
   encodeGenlMsg, nla, NlMsgType, NlmFlag,
-} from './nlattr.js';
+} from '../control/nlattr.js';
 import {
   type TcmuEvent, TCMU_GENL_FAMILY, TCMU_MCGRP_CONFIG, TcmuEventError, decodeTcmuEvent, encodeTcmuDone, encodeSetFeatures,
   tcmuDoneCmd,
-} from './tcmu-nl.js';
+} from '../control/tcmu-nl.js';
 
 const libc = koffi.load('libc.so.6');
 const c = {
