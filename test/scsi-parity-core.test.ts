@@ -361,7 +361,7 @@ describe('scsi parity core: planCommand robustness (fast-check)', () => {
           case 'format': case 'rtpg': case 'stpg':
             break;
           default:
-            expect.fail(`unexpected plan ${o.kind}`);
+            expect.fail(`unexpected plan ${(o as { kind: string }).kind}`);
         }
       }),
       { numRuns: 5000 },

@@ -298,7 +298,7 @@ describe('scsi emulate robustness (fast-check)', () => {
             if (o.kind !== 'flush') expect(o.blocks).to.be.at.most(dev.maxXferBlocks);
             break;
           default:
-            expect.fail(`unexpected outcome ${o.kind}`);
+            expect.fail(`unexpected outcome ${(o as { kind: string }).kind}`);
         }
       }),
       { numRuns: 5000 },

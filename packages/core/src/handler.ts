@@ -209,32 +209,46 @@ export type ReconfigChange =
   | { readonly kind: 'writecache'; readonly enabled: boolean };
 
 /**
+ * A callout's result: a promise for work that completes later, or the value
+ * itself (void for the IO callouts) when the work is done on return. An IO
+ * finished on the device thread (page cache, memory) should return
+ * synchronously: the engine then completes the command in place, with no
+ * promise, microtask or closure for it. Throwing synchronously fails the
+ * command just as a rejected promise does.
+ */
+export type Callout<T> = Promise<T> | T;
+
+/**
  * An open device. Every IO callout is optional: what is missing the engine
  * either emulates from what exists (WRITE SAME through write(), COMPARE AND
  * WRITE through read()+write(), ...) or rejects with INVALID OPCODE.
  *
- * Callouts may run concurrently for different commands, as in tcmu-runner;
- * ordering between overlapping IOs is the initiator's business.
+ * Every callout runs on the device's worker thread. Callouts may run
+ * concurrently for different commands, as in tcmu-runner; ordering between
+ * overlapping IOs is the initiator's business.
  */
 export interface DeviceHandler {
-  read?(io: BlockIo): Promise<void>;
-  write?(io: BlockIo): Promise<void>;
-  /** SYNCHRONIZE CACHE: everything completed so far must reach stable media. */
-  flush?(): Promise<void>;
-  /** UNMAP / WRITE SAME with the UNMAP bit: the ranges must read back as zeros afterwards. */
-  unmap?(ranges: readonly LbaRange[]): Promise<void>;
+  /** Optional. READ: fill io.buffers from the medium. */
+  read?(io: BlockIo): Callout<void>;
+  /** Optional. WRITE: store io.buffers; with io.fua on stable media before completing. */
+  write?(io: BlockIo): Callout<void>;
+  /** Optional. SYNCHRONIZE CACHE: everything completed so far must reach stable media. */
+  flush?(): Callout<void>;
+  /** Optional. UNMAP / WRITE SAME with the UNMAP bit: the ranges must read back as zeros afterwards. */
+  unmap?(ranges: readonly LbaRange[]): Callout<void>;
   /**
    * WRITE SAME: `pattern` is one block, to be written to every block of `io`'s range.
    * The engine passes `io.buffers` empty (the range may be far larger than any
    * buffer); only lba/blocks/offset/length/fua describe it.
    */
-  writeSame?(io: BlockIo, pattern: Uint8Array): Promise<void>;
-  compareAndWrite?(io: CompareAndWriteIo): Promise<CompareResult>;
+  writeSame?(io: BlockIo, pattern: Uint8Array): Callout<void>;
+  /** Optional. COMPARE AND WRITE; the engine holds the range exclusively while it runs. */
+  compareAndWrite?(io: CompareAndWriteIo): Callout<CompareResult>;
   /**
    * Sees every command first when present. Resolve to undefined to let the
    * engine handle it (the common case: only claim the opcodes you care about).
    */
-  handleCmd?(cmd: RawCommand): Promise<RawResult | undefined>;
+  handleCmd?(cmd: RawCommand): Callout<RawResult | undefined>;
   /** Resolve to accept the change; throw (e.g. code 'EOPNOTSUPP') to refuse it. */
   reconfig?(change: ReconfigChange): Promise<void>;
   /**
@@ -411,6 +425,25 @@ export function sliceBuffers(buffers: readonly Uint8Array[], at: number, length 
     const end = Math.min(b.byteLength, skip + left);
     out.push(skip === 0 && end === b.byteLength ? b : b.subarray(skip, end));
     left -= end - skip;
+    skip = 0;
+  }
+  return out;
+}
+
+/** The iovecs covering [at, at+length) of a command's data (sliceBuffers for IoVec lists). */
+export function sliceIovecs(iovs: readonly IoVec[], at: number, length = Infinity): IoVec[] {
+  const out: IoVec[] = [];
+  let skip = at;
+  let left = length;
+  for (let i = 0; i < iovs.length && left > 0; i++) {
+    const v = iovs[i];
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    const n = Math.min(v.length - skip, left);
+    out.push(skip === 0 && n === v.length ? v : { offset: v.offset + skip, length: n });
+    left -= n;
     skip = 0;
   }
   return out;

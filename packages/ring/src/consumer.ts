@@ -13,7 +13,7 @@ import {
   CmdReq, CmdRsp, CMD_ENTRY_SIZE, EntryHdr, EntryOp, Mailbox, MailboxFlag, TCMU_MAILBOX_VERSION,
   TCMU_SENSE_BUFFERSIZE, TmrEntry, UFlag, entryLen, entryOp, ringUsed,
 } from './abi.js';
-import { ringCdbLength } from './kernel-scsi.js';
+import { MAX_CDB_LENGTH, ringCdbLength } from './kernel-scsi.js';
 
 /** A span of the map (offset from its start) holding data of one command. */
 export interface IoVec {
@@ -60,6 +60,47 @@ export interface RingMalformed {
 }
 
 export type RingEntry = RingCommand | RingTmr | RingMalformed;
+
+/** What RingConsumer.take() found. */
+export const Taken = { NONE: 0, CMD: 1, TMR: 2, MALFORMED: 3 } as const;
+
+/**
+ * One command as read off the ring, filled in place by RingConsumer.take():
+ * a record the engine reuses from command to command, so reading an entry
+ * allocates nothing once the record has seen a CDB of that length and as
+ * many iovecs.
+ */
+export class RingSlot {
+  cmdId = 0;
+  /** The CDB, copied out of the ring (its entry is reused for completions). */
+  cdb: Uint8Array = NO_CDB;
+  /** Data-out (or data-in for a non-bidi command) buffers, as spans of the map. */
+  readonly iovecs: IoVec[] = [];
+  /** Data-in buffers of a bidirectional command. */
+  readonly bidiIovecs: IoVec[] = [];
+  /** Sum of iovecs lengths. */
+  dataLength = 0;
+  private readonly cdbStore = new Uint8Array(MAX_CDB_LENGTH);
+  /** cdbStore views by length, made once each. */
+  private readonly cdbViews: Uint8Array[] = [];
+
+  setCdb(src: Uint8Array, at: number, length: number): void {
+    const store = this.cdbStore;
+    for (let i = 0; i < length; i++) store[i] = src[at + i];
+    this.cdb = this.cdbViews[length] ??= store.subarray(0, length);
+  }
+
+  setIovec(list: IoVec[], i: number, offset: number, length: number): void {
+    const v = list[i];
+    if (v === undefined) list[i] = { offset, length };
+    else {
+      v.offset = offset;
+      v.length = length;
+    }
+  }
+}
+
+const NO_CDB = new Uint8Array(0);
 
 /** The mailbox or ring cannot be trusted any further (e.g. an entry length that cannot be stepped over). */
 export class RingBrokenError extends Error {
@@ -142,9 +183,30 @@ export class RingConsumer {
 
   /**
    * The next entry the kernel produced, or null when we have caught up with
-   * cmd_head. PAD entries are stepped over silently.
+   * cmd_head. PAD entries are stepped over silently. Allocates a record per
+   * entry: the engine's per-command path uses take() instead.
    */
   next(): RingEntry | null {
+    const slot = new RingSlot();
+    switch (this.take(slot)) {
+      case Taken.NONE:
+        return null;
+      case Taken.CMD:
+        return { kind: 'cmd', cmdId: slot.cmdId, cdb: slot.cdb.slice(), iovs: slot.iovecs.map((v) => ({ ...v })), bidiIovs: slot.bidiIovecs.map((v) => ({ ...v })), dataLength: slot.dataLength };
+      case Taken.TMR:
+        return this.lastTmr!;
+      default:
+        return this.lastMalformed!;
+    }
+  }
+
+  /**
+   * Read the next entry into `slot` (a CMD) or into lastTmr / lastMalformed,
+   * and say which; Taken.NONE when we have caught up with cmd_head. PAD
+   * entries are stepped over silently. A CMD fills the slot's id, CDB,
+   * iovecs and data length in place: nothing is allocated for it.
+   */
+  take(slot: RingSlot): number {
     const head = this.head();
     if (head >= this.cmdrSize || head % 8 !== 0) throw new RingBrokenError(`cmd_head ${head} outside the ring`);
     while (this.readPos !== head) {
@@ -161,70 +223,78 @@ export class RingConsumer {
       this.readPos = (at + len) % this.cmdrSize;
       if (op === EntryOp.PAD) continue;
       if (op === EntryOp.TMR) return this.parseTmr(base, len, at);
-      if (op !== EntryOp.CMD) {
-        return { kind: 'malformed', cmdId: 0, reason: 'bad-opcode', detail: `opcode ${op}`, at };
-      }
+      if (op !== EntryOp.CMD) return this.malformed(0, 'bad-opcode', `opcode ${op}`, at);
       const cmdId = this.dv.getUint16(base + EntryHdr.CMD_ID, true);
       // Id 0 can never be answered (the kernel would call its ring broken), and it would hold the tail back forever.
       if (cmdId === 0) throw new RingBrokenError(`CMD entry at ring offset ${at} has cmd_id 0`);
       if (this.outstanding[cmdId] === 1) throw new RingBrokenError(`CMD entry at ring offset ${at} reuses in-flight cmd_id ${cmdId}`);
       this.unanswered++; // even malformed commands need their completion to move the tail
       this.outstanding[cmdId] = 1;
-      return this.parseCmd(base, len, at, cmdId);
+      return this.parseCmd(base, len, at, cmdId, slot);
     }
-    return null;
+    return Taken.NONE;
   }
 
-  private parseTmr(base: number, len: number, at: number): RingEntry {
-    if (len < TmrEntry.SIZE) return { kind: 'malformed', cmdId: 0, reason: 'bad-length', detail: `TMR entry of ${len} bytes`, at };
+  /** The TMR entry take() last returned Taken.TMR for. */
+  lastTmr: RingTmr | undefined;
+  /** The entry take() last returned Taken.MALFORMED for. */
+  lastMalformed: RingMalformed | undefined;
+
+  private malformed(cmdId: number, reason: MalformedReason, detail: string, at: number): number {
+    this.lastMalformed = { kind: 'malformed', cmdId, reason, detail, at };
+    return Taken.MALFORMED;
+  }
+
+  private parseTmr(base: number, len: number, at: number): number {
+    if (len < TmrEntry.SIZE) return this.malformed(0, 'bad-length', `TMR entry of ${len} bytes`, at);
     const count = this.dv.getUint32(base + TmrEntry.CMD_CNT, true);
-    if (TmrEntry.SIZE + 2 * count > len) {
-      return { kind: 'malformed', cmdId: 0, reason: 'tmr-count', detail: `${count} ids do not fit a ${len}-byte TMR entry`, at };
-    }
+    if (TmrEntry.SIZE + 2 * count > len) return this.malformed(0, 'tmr-count', `${count} ids do not fit a ${len}-byte TMR entry`, at);
     const cmdIds = new Array<number>(count);
     for (let i = 0; i < count; i++) cmdIds[i] = this.dv.getUint16(base + TmrEntry.CMD_IDS + 2 * i, true);
-    return { kind: 'tmr', tmrType: this.u8[base + TmrEntry.TMR_TYPE], cmdIds };
+    this.lastTmr = { kind: 'tmr', tmrType: this.u8[base + TmrEntry.TMR_TYPE], cmdIds };
+    return Taken.TMR;
   }
 
-  private parseCmd(base: number, len: number, at: number, cmdId: number): RingEntry {
-    const bad = (reason: MalformedReason, detail: string): RingMalformed => ({ kind: 'malformed', cmdId, reason, detail, at });
-    if (len < CMD_ENTRY_SIZE) return bad('bad-length', `CMD entry of ${len} bytes`);
+  private parseCmd(base: number, len: number, at: number, cmdId: number, slot: RingSlot): number {
+    if (len < CMD_ENTRY_SIZE) return this.malformed(cmdId, 'bad-length', `CMD entry of ${len} bytes`, at);
     const iovCnt = this.dv.getUint32(base + CmdReq.IOV_CNT, true);
     const bidiCnt = this.dv.getUint32(base + CmdReq.IOV_BIDI_CNT, true);
     const difCnt = this.dv.getUint32(base + CmdReq.IOV_DIF_CNT, true);
     const total = iovCnt + bidiCnt + difCnt;
-    if (CmdReq.IOV + CmdReq.IOVEC_SIZE * total > len) return bad('iov-count', `${iovCnt}+${bidiCnt}+${difCnt} iovecs do not fit a ${len}-byte entry`);
+    if (CmdReq.IOV + CmdReq.IOVEC_SIZE * total > len) return this.malformed(cmdId, 'iov-count', `${iovCnt}+${bidiCnt}+${difCnt} iovecs do not fit a ${len}-byte entry`, at);
 
     // u64 fields are read as two u32 halves: no BigInt on the per-command path.
     const cdbOff = this.u64(base + CmdReq.CDB_OFF);
     // The CDB lives in the ring, after this entry's iovecs: anything else is not a kernel-made entry.
-    if (cdbOff < this.cmdrOff || cdbOff >= this.cmdrOff + this.cmdrSize) return bad('cdb-out-of-bounds', `cdb_off ${this.u64Text(base + CmdReq.CDB_OFF)} outside the ring`);
-    const cdbStart = cdbOff;
+    if (cdbOff < this.cmdrOff || cdbOff >= this.cmdrOff + this.cmdrSize) return this.malformed(cmdId, 'cdb-out-of-bounds', `cdb_off ${this.u64Text(base + CmdReq.CDB_OFF)} outside the ring`, at);
     const entryEnd = base + len;
-    if (cdbStart < base + CmdReq.IOV + CmdReq.IOVEC_SIZE * total || cdbStart >= entryEnd) {
-      return bad('cdb-out-of-bounds', `cdb_off ${cdbStart} not inside its entry [${base}, ${entryEnd})`);
+    if (cdbOff < base + CmdReq.IOV + CmdReq.IOVEC_SIZE * total || cdbOff >= entryEnd) {
+      return this.malformed(cmdId, 'cdb-out-of-bounds', `cdb_off ${cdbOff} not inside its entry [${base}, ${entryEnd})`, at);
     }
-    const cdbLen = ringCdbLength(this.u8, cdbStart, entryEnd);
-    if (cdbLen === 0 || cdbStart + cdbLen > entryEnd) return bad('cdb-out-of-bounds', `CDB of opcode 0x${this.u8[cdbStart].toString(16)} overruns its entry`);
-    const cdb = this.u8.slice(cdbStart, cdbStart + cdbLen);
+    const cdbLen = ringCdbLength(this.u8, cdbOff, entryEnd);
+    if (cdbLen === 0 || cdbOff + cdbLen > entryEnd) return this.malformed(cmdId, 'cdb-out-of-bounds', `CDB of opcode 0x${this.u8[cdbOff].toString(16)} overruns its entry`, at);
 
-    const iovs: IoVec[] = [];
-    const bidiIovs: IoVec[] = [];
+    const dataStart = this.cmdrOff + this.cmdrSize;
     let dataLength = 0;
     for (let i = 0; i < iovCnt + bidiCnt; i++) {
       const p = base + CmdReq.IOV + CmdReq.IOVEC_SIZE * i;
       const off = this.u64(p);
       const l = this.u64(p + 8);
-      if (off > this.mapSize || l > this.mapSize - off || off < this.cmdrOff + this.cmdrSize) {
-        return bad('iov-out-of-bounds', `iovec ${i} [${this.u64Text(p)}, +${this.u64Text(p + 8)}) outside the data area [${this.cmdrOff + this.cmdrSize}, ${this.mapSize})`);
+      if (off > this.mapSize || l > this.mapSize - off || off < dataStart) {
+        return this.malformed(cmdId, 'iov-out-of-bounds', `iovec ${i} [${this.u64Text(p)}, +${this.u64Text(p + 8)}) outside the data area [${dataStart}, ${this.mapSize})`, at);
       }
-      const v = { offset: off, length: l };
       if (i < iovCnt) {
-        iovs.push(v);
-        dataLength += v.length;
-      } else bidiIovs.push(v);
+        slot.setIovec(slot.iovecs, i, off, l);
+        dataLength += l;
+      } else slot.setIovec(slot.bidiIovecs, i - iovCnt, off, l);
     }
-    return { kind: 'cmd', cmdId, cdb, iovs, bidiIovs, dataLength };
+    slot.iovecs.length = iovCnt;
+    slot.bidiIovecs.length = bidiCnt;
+    // A copy: the entry holding the CDB is reused for completions.
+    slot.setCdb(this.u8, cdbOff, cdbLen);
+    slot.cmdId = cmdId;
+    slot.dataLength = dataLength;
+    return Taken.CMD;
   }
 
   /** A little-endian u64 as a number; values past 2^53 come out as Infinity, which every bound check rejects. */

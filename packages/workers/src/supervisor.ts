@@ -6,8 +6,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { naaDesignator } from '@tcmu-ts/core';
-import { toHex } from './engine/executor.js';
+import { hexBytes, naaDesignator } from '@tcmu-ts/core';
+
 import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
 import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
 
@@ -297,7 +297,7 @@ export class Supervisor extends EventEmitter {
   private naaOf(spec: DeviceSpec): string {
     let n = this.naaCache.get(spec);
     if (n === undefined) {
-      n = toHex(naaDesignator(spec.wwn ?? spec.serial));
+      n = hexBytes(naaDesignator(spec.wwn ?? spec.serial));
       this.naaCache.set(spec, n);
     }
     return n;

@@ -77,3 +77,10 @@ export function putPaddedAscii(b: Uint8Array, off: number, width: number, s: str
 export function topBit(v: number): number {
   return 31 - Math.clz32(v & 0xff);
 }
+
+/** Bytes as hex digits, two per byte, `separator` between them (log lines, NAA designators). */
+export function hexBytes(b: Uint8Array, separator = ''): string {
+  let s = '';
+  for (let i = 0; i < b.length; i++) s += (i && separator ? separator : '') + b[i].toString(16).padStart(2, '0');
+  return s;
+}

@@ -5,8 +5,9 @@ export * from './outcome.js';
 export * from './inquiry.js';
 export * from './capacity.js';
 export * from './mode.js';
-export * from './emulate.js';
+
 export * from './alua.js';
 export * from './sbc.js';
 export * from './xcopy.js';
-export * from './dispatch.js';
+export * from './planner.js';
+export { hexBytes } from './bytes.js';

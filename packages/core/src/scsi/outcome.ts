@@ -1,21 +1,26 @@
 /**
- * What the SCSI core decides about a command, and the error-to-sense
- * mapping the engine applies to failures coming back from handlers.
+ * What the SCSI core decides about a command, and the one table that turns
+ * a failure (a handler's errno error, a ScsiError) into the status and sense
+ * the initiator sees.
  */
 
 import { ScsiStatus } from '@tcmu-ts/ring/abi';
 import type { ScsiDeviceInfo } from './device.js';
 import { ScsiError } from './sense.js';
 
+/** A checked block transfer or cache flush for the handler. Mutable: the engine plans into one per command record. */
+export interface BlockPlan {
+  kind: 'read' | 'write' | 'flush';
+  lba: number;
+  blocks: number;
+  fua: boolean;
+}
+
 export type ScsiOutcome =
   /** Finished here: status, and sense for CHECK CONDITION or data for the Data-In buffer. */
   | { kind: 'done'; status: number; sense?: Uint8Array; dataIn?: Uint8Array }
-  /** A checked block transfer the handler must perform. */
-  | { kind: 'read' | 'write'; lba: number; blocks: number; fua: boolean }
-  /** SYNCHRONIZE CACHE over a checked range (blocks already resolved: never 0 for "to the end"). */
-  | { kind: 'flush'; lba: number; blocks: number }
-  /** Reserved for commands the engine routes elsewhere; the core does not return it yet. */
-  | { kind: 'passthrough' };
+  /** READ/WRITE of `blocks` at `lba`; SYNCHRONIZE CACHE over a checked range (blocks never 0 for "to the end"). */
+  | BlockPlan;
 
 export type DoneOutcome = Extract<ScsiOutcome, { kind: 'done' }>;
 
@@ -40,41 +45,76 @@ function errnoCode(err: unknown): string | undefined {
 /** Data direction of the failed command: 'write' (or true) for writes, 'read' (or false) otherwise. */
 export type Direction = 'read' | 'write' | boolean;
 
-const SHORTAGE = new Set(['ENOMEM', 'EAGAIN', 'EWOULDBLOCK', 'ENOBUFS']);
+/** A failure as the initiator sees it. `sense` only with CHECK CONDITION. */
+export interface FailureStatus {
+  readonly status: number;
+  readonly sense?: Uint8Array;
+  /** A ScsiError, or an errno error the table knows: the failure was foreseen, not a handler fault. */
+  readonly known: boolean;
+}
+
+const isWrite = (d: Direction): boolean => d === true || d === 'write';
 
 /**
- * The failure is a transient lack of resources: the engine should answer
- * BUSY so the initiator retries, rather than fail the IO with sense.
+ * The one errno table, as tcmu-runner's handlers map errno to TCMU_STS_*
+ * and tcmu_sts_to_scsi maps those to status and sense. A number is a status
+ * the initiator retries on (TASK SET FULL when memory ran out, BUSY when
+ * the backend says to try again or a lock is being taken); a function builds
+ * the CHECK CONDITION's ScsiError for the command's direction.
  */
+const ERRNO_TABLE: Readonly<Record<string, number | ((write: boolean) => ScsiError)>> = {
+  ENOMEM: ScsiStatus.TASK_SET_FULL,
+  ENOBUFS: ScsiStatus.TASK_SET_FULL,
+  EAGAIN: ScsiStatus.BUSY,
+  EWOULDBLOCK: ScsiStatus.BUSY,
+  EBUSY: ScsiStatus.BUSY,
+  ETIMEDOUT: ScsiStatus.BUSY,
+  ESTALE: ScsiStatus.BUSY,
+  EIO: (write) => ScsiError.mediumError(write ? 'write' : 'read'),
+  ENOSPC: () => ScsiError.spaceAllocationFailed(),
+  EDQUOT: () => ScsiError.spaceAllocationFailed(),
+  EROFS: () => ScsiError.writeProtected(),
+  EACCES: () => ScsiError.writeProtected(),
+  EPERM: () => ScsiError.writeProtected(),
+};
+
+const RETRY_STATUS: Readonly<Record<number, FailureStatus>> = {
+  [ScsiStatus.BUSY]: Object.freeze({ status: ScsiStatus.BUSY, known: true }),
+  [ScsiStatus.TASK_SET_FULL]: Object.freeze({ status: ScsiStatus.TASK_SET_FULL, known: true }),
+};
+
+/**
+ * Status and sense for a failed command: ScsiError as thrown; errno codes
+ * by ERRNO_TABLE (EIO by `direction`: WRITE ERROR or UNRECOVERED READ
+ * ERROR); anything else is a HARDWARE ERROR, INTERNAL TARGET FAILURE.
+ */
+export function statusForError(err: unknown, direction: Direction = 'read', descriptor = false): FailureStatus {
+  if (err instanceof ScsiError) return { status: ScsiStatus.CHECK_CONDITION, sense: err.toSense(descriptor), known: true };
+  const code = errnoCode(err);
+  const entry = code === undefined ? undefined : ERRNO_TABLE[code];
+  if (typeof entry === 'number') return RETRY_STATUS[entry];
+  const e = entry ? entry(isWrite(direction)) : ScsiError.internalFailure(err);
+  return { status: ScsiStatus.CHECK_CONDITION, sense: e.toSense(descriptor), known: entry !== undefined };
+}
+
+/** The failure is one the initiator should retry (BUSY, TASK SET FULL) rather than see as an error. */
 export function isResourceShortage(err: unknown): boolean {
-  const c = errnoCode(err);
-  return c !== undefined && SHORTAGE.has(c);
+  return statusForError(err).status !== ScsiStatus.CHECK_CONDITION;
 }
 
 /**
- * Map a handler failure to the ScsiError the initiator should see.
- * `direction` picks the MEDIUM ERROR ASC for EIO ('write' or true: WRITE
- * ERROR; otherwise UNRECOVERED READ ERROR). Resource shortages land in the catch-all: callers
- * are expected to test isResourceShortage first and answer BUSY instead.
+ * The ScsiError of a failure that ends in CHECK CONDITION (see
+ * statusForError); retryable errno codes, which end in BUSY or TASK SET
+ * FULL instead, come back as INTERNAL TARGET FAILURE.
  */
 export function scsiErrorFor(err: unknown, direction: Direction = 'read'): ScsiError {
   if (err instanceof ScsiError) return err;
-  switch (errnoCode(err)) {
-    case 'EIO':
-      return ScsiError.mediumError(direction === true || direction === 'write' ? 'write' : 'read');
-    case 'ENOSPC':
-    case 'EDQUOT':
-      return ScsiError.spaceAllocationFailed();
-    case 'EROFS':
-    case 'EACCES':
-    case 'EPERM':
-      return ScsiError.writeProtected();
-    default:
-      return ScsiError.internalFailure(err);
-  }
+  const code = errnoCode(err);
+  const entry = code === undefined ? undefined : ERRNO_TABLE[code];
+  return typeof entry === 'function' ? entry(isWrite(direction)) : ScsiError.internalFailure(err);
 }
 
-/** Sense bytes for a handler failure (see scsiErrorFor). */
+/** Sense bytes for a failure that ends in CHECK CONDITION (see scsiErrorFor). */
 export function senseForError(err: unknown, direction: Direction = 'read', descriptor = false): Uint8Array {
   return scsiErrorFor(err, direction).toSense(descriptor);
 }

@@ -246,6 +246,11 @@ function decodeSks(sks: Uint8Array, key: number): Pick<DecodedSense, 'fieldPoint
   return {};
 }
 
+/** The sense key of fixed (70h/71h: byte 2) or descriptor (72h/73h: byte 1) sense data. */
+export function senseKeyOf(sense: Uint8Array): number {
+  return (sense[0] & 0x7f) >= 0x72 ? sense[1] & 0x0f : sense[2] & 0x0f;
+}
+
 /** Parse sense data; undefined if the buffer holds no recognisable sense. */
 export function decodeSense(b: Uint8Array): DecodedSense | undefined {
   if (b.length < 1) return undefined;

@@ -17,26 +17,22 @@
  */
 import {
   AluaState, AluaStatus, NO_LOCK_TAG, ScsiError, accessStateError, enabledPort, explicitTransitionFailed,
-  reportTargetPortGroupsData, stateSupported,
+  reportTargetPortGroupsData, stateSupported, statusForError,
   type AluaGroupInfo, type AluaInfo, type DeviceHandler, type StpgDescriptor,
 } from '@tcmu-ts/core';
+import { ScsiStatus } from '@tcmu-ts/ring/abi';
 
 /** tcmu-runner's TCMUR_DEV_LOCK_* states. */
 export type LockState = 'unknown' | 'unlocked' | 'read-locking' | 'read-locked' | 'write-locking' | 'write-locked';
 
 /** Answer BUSY: the initiator retries (a lock acquisition is under way, or the backend is unreachable for now). */
 export class BusySignal extends Error {
+  /** statusForError answers EBUSY with BUSY. */
+  readonly code = 'EBUSY';
   constructor(reason: string) {
     super(reason);
     this.name = 'BusySignal';
   }
-}
-
-const RETRYABLE = new Set(['ETIMEDOUT', 'EAGAIN', 'EBUSY', 'ESTALE', 'EWOULDBLOCK']);
-
-function codeOf(e: unknown): string | undefined {
-  const c = (e as { code?: unknown } | null)?.code;
-  return typeof c === 'string' ? c : undefined;
 }
 
 export interface AluaLog {
@@ -229,8 +225,8 @@ export class AluaController {
             this.lockState = 'write-locking';
             await this.acquire(group.id);
           } catch (e) {
-            const code = codeOf(e);
-            if (code !== undefined && RETRYABLE.has(code)) throw new BusySignal(`lock: ${code}`);
+            // Errors the status table retries (ETIMEDOUT, EAGAIN, EBUSY, ESTALE, ...) mean "later", not "failed".
+            if (statusForError(e).status === ScsiStatus.BUSY) throw new BusySignal(`lock: ${(e as { code?: string }).code}`);
             throw explicitTransitionFailed();
           }
         }

@@ -1,20 +1,27 @@
 /**
- * The device engine's commands beyond READ/WRITE/SYNCHRONIZE CACHE, run on
- * the device's worker thread with the handler's callouts: each goes to the
- * handler's own callout when it has one and is emulated on read/write
- * otherwise, as tcmu-runner's tcmur_cmd_handler.c does.
+ * The executor: everything one command goes through between the ring and
+ * its completion, on the device's worker thread. The gates first (unit
+ * attention, FORMAT UNIT in progress, the handler's own handleCmd, ALUA),
+ * then the planner's verdict carried out: answered in place, READ / WRITE /
+ * SYNCHRONIZE CACHE straight to the handler (completed in place when the
+ * callout returns synchronously), and every other plan through the handler's
+ * own callout or emulated on read/write, as tcmu-runner's
+ * tcmur_cmd_handler.c does.
  *
- * Also here: the LBA range lock that makes COMPARE AND WRITE atomic, the
- * FORMAT UNIT state other commands see (NOT READY, FORMAT IN PROGRESS),
- * ALUA gating, and both ends of EXTENDED COPY between LUNs of the daemon.
+ * Also here: the LBA range lock that makes COMPARE AND WRITE atomic against
+ * writes, and both ends of EXTENDED COPY between LUNs of the daemon.
  */
 import {
-  Asc, ListIdUsage, ScsiError, SenseKey, XcopySegmentField, compareAndWriteViaReadWrite, compareBuffers, enabledPort,
-  errnoError, isZeroRange, makeBlockIo, naaDesignator, patternOf, sliceBuffers, writeSameViaWrite,
-  type AluaGroupInfo, type BlockIo, type CompareAndWriteIo, type DeviceHandler, type IoVec, type ScsiDeviceInfo,
-  type ScsiPlan,
+  Asc, ListIdUsage, ScsiError, SenseKey, XcopySegmentField, compareAndWriteViaReadWrite, compareBuffers,
+  copyToBuffers, enabledPort, errnoError, flattenBuffers, hexBytes, isZeroRange, makeBlockIo, naaDesignator, patternOf,
+  planCommand, requestSenseData, scsiErrorFor, sliceBuffers, sliceIovecs, writeSameViaWrite,
+  MEDIA_ACCESS_OPCODES, PARAMETER_LIST_OPCODES, READ_ONLY_MEDIA_OPCODES,
+  type AluaGroupInfo, type BlockIo, type Callout, type CompareAndWriteIo, type DeviceHandler, type IoVec,
+  type ScsiDeviceInfo, type ScsiPlan,
 } from '@tcmu-ts/core';
+import { ScsiStatus } from '@tcmu-ts/ring/abi';
 import { AluaController } from './alua-controller.js';
+import { CommandClass, type Command } from './command.js';
 import type { PeerInfo, WireError } from '../device-spec.js';
 import { LbaRangeLock } from './lba-lock.js';
 import { CopyStatusTable } from './xcopy-status.js';
@@ -67,12 +74,6 @@ function stagingBytes(info: ScsiDeviceInfo): number {
   return Math.ceil(STAGING_BYTES / xfer) * xfer;
 }
 
-export function toHex(b: Uint8Array): string {
-  let s = '';
-  for (let i = 0; i < b.length; i++) s += b[i].toString(16).padStart(2, '0');
-  return s;
-}
-
 /** An error as it crosses to another thread, and back. */
 export function toWire(e: unknown): WireError {
   if (e instanceof ScsiError) return { key: e.key, asc: e.asc, ascq: e.ascq, message: e.message };
@@ -85,24 +86,31 @@ export function fromWire(w: WireError): Error {
   return errnoError(w.code ?? 'EIO', w.message);
 }
 
-/** The iovecs covering [at, at+length) of a command's data. */
-export function sliceIovecs(iovs: readonly IoVec[], at: number, length: number): IoVec[] {
-  const out: IoVec[] = [];
-  let skip = at;
-  let left = length;
-  for (let i = 0; i < iovs.length && left > 0; i++) {
-    const v = iovs[i];
-    if (skip >= v.length) {
-      skip -= v.length;
-      continue;
-    }
-    const n = Math.min(v.length - skip, left);
-    out.push({ offset: v.offset + skip, length: n });
-    left -= n;
-    skip = 0;
-  }
-  return out;
+/** A write's failure with its direction settled (EIO: WRITE ERROR), for errors that leave this command. */
+function asWriteFailure(e: unknown): unknown {
+  const code = (e as { code?: unknown } | null)?.code;
+  return code === 'EIO' ? scsiErrorFor(e, 'write') : e;
 }
+
+/** A callout that returned a promise rather than finishing in place. */
+function pending<T>(r: Callout<T>): r is Promise<T> {
+  return r !== undefined && r !== null && typeof (r as { then?: unknown }).then === 'function';
+}
+
+/** SAM-5: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit attention. */
+const UA_EXEMPT: ReadonlySet<number> = new Set([0x12, 0xa0, 0x03]);
+const REQUEST_SENSE = 0x03;
+/** Answered normally while FORMAT UNIT runs (REQUEST SENSE with the progress). */
+const FORMAT_EXEMPT: ReadonlySet<number> = new Set([0x12, 0xa0]);
+
+/** Counter class and failure direction of each plan the executor runs beyond READ/WRITE/FLUSH. */
+const PLAN_CLASS: Partial<Record<ScsiPlan['kind'], { cls: number; write: boolean }>> = {
+  'write-same': { cls: CommandClass.WRITE, write: true },
+  'compare-and-write': { cls: CommandClass.WRITE, write: true },
+  'write-verify': { cls: CommandClass.WRITE, write: true },
+  verify: { cls: CommandClass.READ, write: false },
+  format: { cls: CommandClass.OTHER, write: true },
+};
 
 interface CopyEnd {
   /** undefined: this LUN. */
@@ -121,6 +129,8 @@ export class CommandExecutor {
   readonly alua?: AluaController;
   /** Set while FORMAT UNIT runs: progress 0..65535 for sense-key-specific bytes. */
   formatProgress: number | undefined;
+  /** Reported once, to the next command that is not exempt from unit attentions. */
+  private unitAttention: ScsiError | null = null;
   private naaHex?: string;
   private cancelled = false;
 
@@ -138,6 +148,11 @@ export class CommandExecutor {
     return this.x.handler;
   }
 
+  /** E.g. CAPACITY DATA HAS CHANGED after a dev_size change. */
+  raiseUnitAttention(ua: ScsiError): void {
+    this.unitAttention = ua;
+  }
+
   /** A logical unit reset (task management): copy status held for RECEIVE COPY RESULTS is discarded. */
   onReset(): void {
     this.copyStatus.clear();
@@ -153,8 +168,205 @@ export class CommandExecutor {
     return this.formatProgress === undefined ? undefined : ScsiError.formatInProgress(this.formatProgress);
   }
 
+  // ------------------------------------------------------------ one command
+
+  /**
+   * Carry one command to its completion (cmd.done / cmd.fail), now or when
+   * the handler's promise settles. Never throws.
+   */
+  execute(cmd: Command): void {
+    try {
+      const op = cmd.cdb[0];
+      if (this.unitAttention !== null && !UA_EXEMPT.has(op)) {
+        const ua = this.unitAttention;
+        this.unitAttention = null;
+        cmd.fail(ua);
+        return;
+      }
+      if (this.formatProgress !== undefined && !FORMAT_EXEMPT.has(op)) {
+        // tcmu-runner lets only INQUIRY through while formatting; REPORT LUNS is the
+        // kernel's, and REQUEST SENSE is how SBC says the progress is polled.
+        const formatting = this.formatError()!;
+        if (op !== REQUEST_SENSE) {
+          cmd.fail(formatting);
+          return;
+        }
+        const produced = copyToBuffers(cmd.buffers, requestSenseData(cmd.cdb, formatting));
+        cmd.bytes = produced;
+        cmd.done(ScsiStatus.GOOD, undefined, produced);
+        return;
+      }
+      if (this.h.handleCmd) this.offerToHandler(cmd);
+      else this.plan(cmd);
+    } catch (e) {
+      if (cmd.live) cmd.fail(e);
+    }
+  }
+
+  /** handleCmd sees the command first; undefined hands it back to the planner. */
+  private offerToHandler(cmd: Command): void {
+    const r = this.h.handleCmd!({ cdb: cmd.cdb, buffers: cmd.buffers, iovecs: cmd.iovecs, length: cmd.dataLength });
+    if (!pending(r)) {
+      if (r === undefined) this.plan(cmd);
+      else this.rawDone(cmd, r.status, r.sense, r.dataLength);
+      return;
+    }
+    r.then(
+      (res) => {
+        try {
+          if (res === undefined) this.plan(cmd);
+          else this.rawDone(cmd, res.status, res.sense, res.dataLength);
+        } catch (e) {
+          if (cmd.live) cmd.fail(e);
+        }
+      },
+      cmd.failed,
+    );
+  }
+
+  private rawDone(cmd: Command, status: number, sense: Uint8Array | undefined, dataLength: number | undefined): void {
+    cmd.bytes = dataLength ?? 0;
+    cmd.done(status, sense, dataLength ?? -1);
+  }
+
+  private plan(cmd: Command): void {
+    const op = cmd.cdb[0];
+    // ALUA first, as tcmu-runner's alua_check_state runs before a command is looked at.
+    if (this.alua && MEDIA_ACCESS_OPCODES.has(op)) this.alua.check(READ_ONLY_MEDIA_OPCODES.has(op));
+    // Only parameter lists need the data-out contiguous (MODE SELECT, UNMAP, EXTENDED COPY, ...).
+    const dataOut = cmd.dataLength > 0 && PARAMETER_LIST_OPCODES.has(op) ? flattenBuffers(cmd.buffers) : undefined;
+    const plan = planCommand(cmd.cdb, this.info, dataOut, cmd.dataLength, cmd.plan);
+    switch (plan.kind) {
+      case 'done': {
+        const produced = plan.dataIn && plan.dataIn.length ? copyToBuffers(cmd.buffers, plan.dataIn) : 0;
+        cmd.bytes = produced;
+        cmd.done(plan.status, plan.sense, produced);
+        return;
+      }
+      case 'read':
+        this.read(cmd);
+        return;
+      case 'write':
+        this.write(cmd);
+        return;
+      case 'flush':
+        this.flush(cmd);
+        return;
+      default:
+        this.runPlan(cmd, plan);
+    }
+  }
+
+  /** Point the record's BlockIo at its planned range; the buffers are the command's own, cut to the transfer. */
+  private blockIo(cmd: Command): BlockIo {
+    const p = cmd.plan;
+    const bs = this.info.blockSize;
+    const length = p.blocks * bs;
+    // The kernel sizes the data buffer from the CDB; a shorter one means a broken entry.
+    if (cmd.dataLength < length) throw ScsiError.hardwareError();
+    const io = cmd.io;
+    io.lba = p.lba;
+    io.blocks = p.blocks;
+    io.offset = p.lba * bs;
+    io.length = length;
+    io.fua = p.fua;
+    // The kernel may hand out more buffer than the transfer needs (rare: a slice then).
+    io.buffers = cmd.dataLength === length ? cmd.buffers : sliceBuffers(cmd.buffers, 0, length);
+    io.iovecs = cmd.dataLength === length ? cmd.iovecs : sliceIovecs(cmd.iovecs, 0, length);
+    cmd.bytes = length;
+    return io;
+  }
+
+  private read(cmd: Command): void {
+    cmd.cls = CommandClass.READ;
+    const h = this.h;
+    if (!h.read) throw ScsiError.invalidOpcode();
+    const io = this.blockIo(cmd);
+    cmd.readLen = io.length;
+    const r = h.read(io);
+    if (pending(r)) r.then(cmd.succeed, cmd.failed);
+    else cmd.done(ScsiStatus.GOOD, undefined, io.length);
+  }
+
+  /**
+   * Writes hold their range shared, so a COMPARE AND WRITE on it waits for
+   * them and they for it. With no exclusive holder or waiter anywhere (the
+   * usual case) the write goes straight to the handler, and only one that
+   * stays in flight takes a hold, in the same turn: nothing can overlap it
+   * in between.
+   */
+  private write(cmd: Command): void {
+    cmd.cls = CommandClass.WRITE;
+    cmd.write = true;
+    if (!this.h.write) throw ScsiError.invalidOpcode();
+    const io = this.blockIo(cmd);
+    const lock = this.rangeLock;
+    if (this.x.unsafeNoLock || !lock.hasExclusive) {
+      this.issueWrite(cmd);
+      return;
+    }
+    const id = lock.tryAcquire(io.lba, io.blocks, false);
+    if (id !== undefined) {
+      cmd.lockId = id;
+      this.issueWrite(cmd);
+      return;
+    }
+    void lock.acquire(io.lba, io.blocks, false).then((granted) => {
+      cmd.lockId = granted;
+      try {
+        this.issueWrite(cmd);
+      } catch (e) {
+        cmd.fail(e);
+      }
+    });
+  }
+
+  private issueWrite(cmd: Command): void {
+    const io = cmd.io;
+    const r = this.h.write!(io);
+    if (!pending(r)) {
+      cmd.done();
+      return;
+    }
+    if (cmd.lockId === 0 && !this.x.unsafeNoLock) cmd.lockId = this.rangeLock.tryAcquire(io.lba, io.blocks, false)!;
+    r.then(cmd.succeed, cmd.failed);
+  }
+
+  private flush(cmd: Command): void {
+    cmd.cls = CommandClass.FLUSH;
+    cmd.write = true;
+    const h = this.h;
+    const r = h.flush ? h.flush() : undefined;
+    if (pending(r)) r.then(cmd.succeed, cmd.failed);
+    else cmd.done();
+  }
+
+  /** Release what a completing command holds. */
+  release(cmd: Command): void {
+    if (cmd.lockId !== 0) {
+      this.rangeLock.release(cmd.lockId);
+      cmd.lockId = 0;
+    }
+  }
+
+  /** Every plan beyond READ/WRITE/SYNCHRONIZE CACHE: async, closures allowed (not the per-IO path). */
+  private runPlan(cmd: Command, plan: ScsiPlan): void {
+    const c = PLAN_CLASS[plan.kind];
+    if (c) {
+      cmd.cls = c.cls;
+      cmd.write = c.write;
+    }
+    this.run(plan, cmd).then(
+      (produced) => {
+        cmd.bytes = cmd.cls === CommandClass.WRITE ? cmd.dataLength : produced;
+        cmd.done(ScsiStatus.GOOD, undefined, produced || -1);
+      },
+      cmd.failed,
+    );
+  }
+
   /** Take the range, run `fn`, release. Shared for writes, exclusive for COMPARE AND WRITE and WRITE AND VERIFY. */
-  async locked<T>(lba: number, blocks: number, exclusive: boolean, fn: () => Promise<T>): Promise<T> {
+  async locked<T>(lba: number, blocks: number, exclusive: boolean, fn: () => Callout<T>): Promise<T> {
     if (this.x.unsafeNoLock) return fn();
     const id = this.rangeLock.tryAcquire(lba, blocks, exclusive) ?? (await this.rangeLock.acquire(lba, blocks, exclusive));
     try {
@@ -164,7 +376,7 @@ export class CommandExecutor {
     }
   }
 
-  /** Run a plan `planCommand` left to the engine. Resolves to the Data-In bytes produced. */
+  /** Run a plan that is neither answered in place nor a block transfer. Resolves to the Data-In bytes produced. */
   async run(plan: ScsiPlan, data: CommandData): Promise<number> {
     switch (plan.kind) {
       case 'unmap':
@@ -189,11 +401,11 @@ export class CommandExecutor {
         await this.extendedCopy(plan);
         return 0;
       case 'copy-status':
-        return copyInto(data.buffers, this.copyStatus.report(plan.listId, plan.allocationLength));
+        return copyToBuffers(data.buffers, this.copyStatus.report(plan.listId, plan.allocationLength));
       case 'rtpg': {
         if (!this.alua) throw ScsiError.invalidOpcode();
         const d = await this.alua.reportTargetPortGroups(plan.extended, plan.allocationLength);
-        return copyInto(data.buffers, d);
+        return copyToBuffers(data.buffers, d);
       }
       case 'stpg':
         if (!this.alua) throw ScsiError.invalidOpcode();
@@ -324,11 +536,7 @@ export class CommandExecutor {
     if (data.dataLength < length) throw ScsiError.hardwareError();
     const buffers = sliceBuffers(data.buffers, 0, length);
     await this.locked(lba, blocks, true, async () => {
-      try {
-        await h.write!(makeBlockIo({ lba, blocks, blockSize: bs, buffers, iovecs: sliceIovecs(data.iovecs, 0, length) }));
-      } catch (e) {
-        throw markWrite(e);
-      }
+      await h.write!(makeBlockIo({ lba, blocks, blockSize: bs, buffers, iovecs: sliceIovecs(data.iovecs, 0, length) }));
       await this.readBack(lba, blocks, (view, at) => {
         const diff = compareBuffers(sliceBuffers(buffers, at, view.length), view);
         if (diff >= 0) throw ScsiError.miscompare(at + diff);
@@ -359,11 +567,7 @@ export class CommandExecutor {
       this.x.track(job.catch((e) => this.x.log.error(`FORMAT UNIT failed: ${e instanceof Error ? e.message : String(e)}`)));
       return;
     }
-    try {
-      await job;
-    } catch (e) {
-      throw markWrite(e);
-    }
+    await job;
   }
 
   private async zeroAll(): Promise<void> {
@@ -392,11 +596,11 @@ export class CommandExecutor {
   // ------------------------------------------------------------ EXTENDED COPY
 
   private get myNaa(): string {
-    return (this.naaHex ??= toHex(naaDesignator(this.info.wwn ?? this.info.serial)));
+    return (this.naaHex ??= hexBytes(naaDesignator(this.info.wwn ?? this.info.serial)));
   }
 
   private async copyEnd(naa: Uint8Array): Promise<CopyEnd | undefined> {
-    const hex = toHex(naa);
+    const hex = hexBytes(naa);
     if (hex === this.myNaa) return { blockSize: this.info.blockSize, numLbas: this.info.numLbas, maxXferBlocks: this.info.maxXferBlocks };
     const p = await this.x.peers?.lookup(hex);
     return p && { peer: p.name, blockSize: p.blockSize, numLbas: p.numLbas, maxXferBlocks: p.maxXferBlocks };
@@ -485,7 +689,7 @@ export class CommandExecutor {
       if ((e instanceof ScsiError && e.key === SenseKey.NOT_READY) || (e as { code?: string }).code === 'ENODEV') {
         throw ScsiError.copyTargetNotReachable();
       }
-      throw op === 'write' ? markWrite(e) : e;
+      throw op === 'write' ? asWriteFailure(e) : e;
     }
   }
 
@@ -499,12 +703,9 @@ export class CommandExecutor {
       return;
     }
     if (!this.h.write) throw ScsiError.invalidOpcode();
-    await this.locked(lba, blocks, false, async () => {
-      try {
-        await this.h.write!(io);
-      } catch (e) {
-        throw markWrite(e);
-      }
+    // The failure goes back to another LUN's EXTENDED COPY: settle its direction here.
+    await this.locked(lba, blocks, false, () => this.h.write!(io)).catch((e: unknown) => {
+      throw asWriteFailure(e);
     });
   }
 
@@ -522,20 +723,3 @@ export class CommandExecutor {
     await this.localIo(op, lba, blocks, buf, offset);
   }
 }
-
-/** Errors from a write path: EIO becomes WRITE ERROR, not UNRECOVERED READ ERROR. */
-function markWrite(e: unknown): unknown {
-  if ((e as { code?: string } | null)?.code === 'EIO') return ScsiError.writeError();
-  return e;
-}
-
-function copyInto(buffers: readonly Uint8Array[], data: Uint8Array): number {
-  let done = 0;
-  for (let i = 0; i < buffers.length && done < data.length; i++) {
-    const n = Math.min(buffers[i].length, data.length - done);
-    buffers[i].set(data.subarray(done, done + n));
-    done += n;
-  }
-  return done;
-}
-

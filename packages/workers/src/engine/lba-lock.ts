@@ -42,6 +42,11 @@ export class LbaRangeLock {
   /** Requests that had to wait, for tests and stats. */
   waits = 0;
 
+  /** An exclusive hold is held or queued: only then must a shared request look at the others. */
+  get hasExclusive(): boolean {
+    return this.exclusives > 0;
+  }
+
   get heldCount(): number {
     return this.held.size;
   }
