@@ -8,7 +8,6 @@
  * /dev/uioN; the I/O written here is stored and read back by the child.
  */
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import dbus from 'dbus-next';
@@ -19,26 +18,12 @@ import { startDbusService, type DbusService, type ExternalHandlerEvent } from '@
 import { isExternalDbusHandler } from '@tcmu-ts/workers/dbus/external-handler';
 import { SERVICE_NAME, ROOT_PATH } from '@tcmu-ts/workers/dbus/names';
 import { haveCommand, startTestBus, type TestBus } from './fixtures/dbus-bus.js';
+import { FixtureProcess, Recorder } from './fixtures/child.js';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/dbus-external-io-handler.js', import.meta.url));
 const SUBTYPE = 'extram';
 const BLOCK = 512;
 const NUM_LBAS = (16 << 20) / BLOCK;
-
-interface FixtureEvent { event: string; [k: string]: unknown }
-
-function waitUntil<T>(get: () => T | undefined, what: string, ms = 10_000): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const deadline = Date.now() + ms;
-    const tick = () => {
-      const v = get();
-      if (v !== undefined) return resolve(v);
-      if (Date.now() > deadline) return reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
-      setTimeout(tick, 10);
-    };
-    tick();
-  });
-}
 
 describe('DBus external handler serving real I/O with serveDevice (private dbus-daemon, simulator ring in another process)', function () {
   this.timeout(30_000);
@@ -47,14 +32,8 @@ describe('DBus external handler serving real I/O with serveDevice (private dbus-
   let registry: HandlerRegistry;
   let client: MessageBus;
   let sim: KernelSimulator;
-  let child: ChildProcess | undefined;
-  const events: FixtureEvent[] = [];
-  const external: ExternalHandlerEvent[] = [];
-  let childStderr = '';
-
-  function event(name: string, pred: (e: FixtureEvent) => boolean = () => true, ms?: number): Promise<FixtureEvent> {
-    return waitUntil(() => events.find((e) => e.event === name && pred(e)), `"${name}" from the handler process; saw ${JSON.stringify(events)}; stderr: ${childStderr}`, ms);
-  }
+  let child: FixtureProcess | undefined;
+  const external = new Recorder<ExternalHandlerEvent>();
 
   async function checkConfig(cfgstring: string): Promise<[boolean, string]> {
     const reply = await client.call(new dbus.Message({
@@ -77,11 +56,7 @@ describe('DBus external handler serving real I/O with serveDevice (private dbus-
   });
 
   after(async () => {
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child!.once('exit', r));
-      child.kill('SIGKILL');
-      await exited;
-    }
+    await child?.kill();
     client?.disconnect();
     await service?.close();
     await sim?.close();
@@ -91,34 +66,23 @@ describe('DBus external handler serving real I/O with serveDevice (private dbus-
   it('forwards CheckConfig to the registering process, which serves the ring byte for byte, and drops the subtype when it dies', async () => {
     const t0 = Date.now();
     const { mapFd, eventFd, mapSize } = sim.endpoint;
-    // Integers in stdio are our fds, given to the child at that index (3: map, 4: events).
-    child = spawn(process.execPath, [FIXTURE, bus.address, SUBTYPE, String(mapSize), String(BLOCK), String(NUM_LBAS)], {
-      stdio: ['pipe', 'pipe', 'pipe', mapFd, eventFd],
-    });
-    let buf = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      buf += d;
-      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (line.trim()) events.push(JSON.parse(line) as FixtureEvent);
-      }
-    });
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => { childStderr += d; });
+    // Our fds, given to the child as its fds 3 (map) and 4 (events).
+    const p = new FixtureProcess(FIXTURE, [bus.address, SUBTYPE, String(mapSize), String(BLOCK), String(NUM_LBAS)], { extraFds: [mapFd, eventFd] });
+    child = p;
 
-    const own = await event('own');
+    const own = await p.event('own');
     expect(own.ok, JSON.stringify(own)).to.equal(true);
-    expect((await event('registered')).reply).to.deep.equal([true, 'succeeded']);
-    const serving = await event('serving');
+    expect((await p.event('registered')).reply).to.deep.equal([true, 'succeeded']);
+    const serving = await p.event('serving');
     expect(serving.numLbas).to.equal(NUM_LBAS);
-    const added = await waitUntil(() => external.find((e) => e.kind === 'added' && e.handler.subtype === SUBTYPE), 'added event');
+    const added = await external.waitFor((e) => e.kind === 'added' && e.handler.subtype === SUBTYPE, 'added event');
     expect(added.handler.owner).to.equal(own.uniqueName);
     expect(service.exportedSubtypes()).to.include(SUBTYPE);
     const tRegistered = Date.now();
 
     // CheckConfig on our object is answered by the other process, as the caller sent it.
     expect(await checkConfig(`${SUBTYPE}/16M`)).to.deep.equal([true, `OK from pid ${String(own.pid)}`]);
-    const check = await event('check', (e) => e.cfgstring === `${SUBTYPE}/16M`);
+    const check = await p.event('check', (e) => e.cfgstring === `${SUBTYPE}/16M`);
     expect(check.sender, 'forwarded by the service').to.equal(service.uniqueName);
     expect(await checkConfig(`${SUBTYPE}/lots`)).to.deep.equal([false, '"lots" is not a size']);
     // The daemon side never opens the subtype's devices: they are the other process's.
@@ -162,18 +126,16 @@ describe('DBus external handler serving real I/O with serveDevice (private dbus-
     const ioMs = Date.now() - tIo;
 
     // The data went through the child's handler, not anything in this process.
-    child.stdin!.write('stats\n');
-    const stats = await event('stats');
+    p.send('stats');
+    const stats = await p.event('stats');
     expect(stats.writes).to.equal(extents.length + more.length);
     expect(stats.bytesWritten).to.equal(bytes);
-    expect(events.filter((e) => e.event === 'error'), 'errors reported by the child').to.deep.equal([]);
+    expect(p.lines.items.filter((e) => e.event === 'error'), 'errors reported by the child').to.deep.equal([]);
 
     // The process dies: its subtype leaves the service.
     const tKill = Date.now();
-    const exited = new Promise((r) => child!.once('exit', r));
-    child.kill('SIGKILL');
-    await exited;
-    const removed = await waitUntil(() => external.find((e) => e.kind === 'removed' && e.handler.subtype === SUBTYPE), 'removed event');
+    await p.kill();
+    const removed = await external.waitFor((e) => e.kind === 'removed' && e.handler.subtype === SUBTYPE, 'removed event');
     expect(removed.reason).to.equal('vanished');
     expect(registry.has(SUBTYPE)).to.equal(false);
     expect(service.exportedSubtypes()).not.to.include(SUBTYPE);
