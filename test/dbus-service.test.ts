@@ -5,7 +5,7 @@
  * targetcli are built on), dbus-next, and handler processes of their own.
  */
 import { expect } from 'chai';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,11 +16,11 @@ import { startDbusService, DbusServiceError, type DbusService, type ExternalHand
 import { isExternalDbusHandler } from '@tcmu-ts/workers/dbus/external-handler';
 import { SERVICE_NAME, ROOT_PATH, MANAGER_PATH } from '@tcmu-ts/workers/dbus/names';
 import { ACTIVATION_FILE, POLICY_FILE, SYSTEMD_UNIT, haveCommand, startTestBus, type TestBus } from './fixtures/dbus-bus.js';
+import { FixtureProcess, Recorder } from './fixtures/child.js';
+import { AS_NOBODY, fixturesForAll, type FixturesForAll } from './fixtures/other-users.js';
 
-const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const EXTERNAL_FIXTURE = fileURLToPath(new URL('./fixtures/dbus-external-handler.js', import.meta.url));
-const SERVICE_MAIN_FIXTURE = fileURLToPath(new URL('./fixtures/dbus-service-main.js', import.meta.url));
-const AS_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups'];
+const EXTERNAL_FIXTURE = 'dbus-external-handler.js';
+const fixture = (name: string): string => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
 interface RunResult { code: number | null; stdout: string; stderr: string }
 
@@ -47,67 +47,15 @@ function parseBs(r: RunResult): [boolean, string] {
   return [m[1] === 'true', m[3]];
 }
 
-/** Values that arrive over time, and a way to wait for one. */
-class Recorder<T> {
-  readonly items: T[] = [];
-  private waiters: { pred: (t: T) => boolean; resolve: (t: T) => void }[] = [];
-  push(t: T): void {
-    this.items.push(t);
-    for (const w of [...this.waiters]) if (w.pred(t)) { this.waiters.splice(this.waiters.indexOf(w), 1); w.resolve(t); }
-  }
-  waitFor(pred: (t: T) => boolean, what: string, ms = 10_000): Promise<T> {
-    const found = this.items.find(pred);
-    if (found !== undefined) return Promise.resolve(found);
-    return new Promise((resolve, reject) => {
-      const w = { pred, resolve: (t: T) => { clearTimeout(timer); resolve(t); } };
-      const timer = setTimeout(() => {
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        reject(new Error(`timed out after ${ms} ms waiting for ${what}; saw ${JSON.stringify(this.items)}`));
-      }, ms);
-      this.waiters.push(w);
-    });
-  }
-  clear(): void { this.items.length = 0; }
-}
-
-interface FixtureEvent { event: string; [k: string]: unknown }
-
-/** A handler process of its own (test/fixtures/dbus-external-handler.ts). */
-class ExternalProcess {
-  readonly events = new Recorder<FixtureEvent>();
-  readonly proc: ChildProcess;
-  stderr = '';
-  constructor(address: string, subtype: string, desc: string, mode = 'normal', asNobody = false) {
-    const argv = [process.execPath, EXTERNAL_FIXTURE, address, subtype, desc, mode];
-    this.proc = asNobody
-      ? spawn(AS_NOBODY[0], [...AS_NOBODY.slice(1), ...argv], { stdio: ['pipe', 'pipe', 'pipe'] })
-      : spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
-    let buf = '';
-    this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      buf += d;
-      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        if (line.trim()) this.events.push(JSON.parse(line) as FixtureEvent);
-      }
-    });
-    this.proc.stderr!.setEncoding('utf8').on('data', (d: string) => { this.stderr += d; });
-  }
-  event(name: string, ms?: number): Promise<FixtureEvent> {
-    return this.events.waitFor((e) => e.event === name, `"${name}" from the handler process (stderr: ${this.stderr})`, ms);
-  }
-  command(line: string): void {
-    this.proc.stdin!.write(`${line}\n`);
-  }
-  exited(): Promise<void> {
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.resolve();
-    return new Promise((r) => this.proc.once('exit', () => r()));
-  }
-  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
-    const done = this.exited();
-    this.proc.kill(signal);
-    await done;
-  }
+/**
+ * A handler process of its own (test/fixtures/dbus-external-handler.ts); as
+ * nobody when given a copy of the fixtures that nobody can read.
+ */
+function externalProcess(address: string, subtype: string, desc: string, mode = 'normal', asNobody?: FixturesForAll): FixtureProcess {
+  const args = [address, subtype, desc, mode];
+  return asNobody
+    ? new FixtureProcess(asNobody.fixture(EXTERNAL_FIXTURE), args, { prefix: AS_NOBODY, cwd: asNobody.root })
+    : new FixtureProcess(fixture(EXTERNAL_FIXTURE), args);
 }
 
 async function connectClient(address: string): Promise<MessageBus> {
@@ -144,10 +92,10 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
   const externalEvents = new Recorder<ExternalHandlerEvent>();
   const signals = new Recorder<{ signal: string; path: string; value: unknown }>();
   const logs: string[] = [];
-  const children: ExternalProcess[] = [];
+  const children: FixtureProcess[] = [];
 
-  function external(subtype: string, desc: string, mode?: string, asNobody?: boolean): ExternalProcess {
-    const p = new ExternalProcess(bus.address, subtype, desc, mode, asNobody);
+  function external(subtype: string, desc: string, mode?: string, asNobody?: FixturesForAll): FixtureProcess {
+    const p = externalProcess(bus.address, subtype, desc, mode, asNobody);
     children.push(p);
     return p;
   }
@@ -248,31 +196,37 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
   });
 
   it('refuses a user other than root the service name and the HandlerManager1.<subtype> names', async () => {
-    const p = external('sneaky', 'nope', 'normal', true);
-    const own = await p.event('own');
-    expect(own.ok).to.equal(false);
-    expect(String(own.error)).to.contain('org.freedesktop.DBus.Error.AccessDenied');
-    // As nobody: RequestName of the service name, then a RegisterHandler call with no interface field
-    // (the policy's allow rules all name an interface, and dbus-daemon never matches those without one).
-    const script =
-      "import dbus from 'dbus-next';" +
-      'const b = dbus.sessionBus({ busAddress: process.argv[1] });' +
-      "const t = (p) => p.then((r) => console.log('ok', JSON.stringify(r.body ?? r)), (e) => console.log(e.type));" +
-      "b.on('connect', async () => {" +
-      '  await t(b.requestName(process.argv[2], 4));' +
-      "  await t(b.call(new dbus.Message({ destination: process.argv[2], path: process.argv[3], member: 'RegisterHandler', signature: 'ss', body: ['x', 'y'] })));" +
-      '  b.disconnect();' +
-      '});';
-    const r = await run(AS_NOBODY[0], [...AS_NOBODY.slice(1), process.execPath, '--input-type=module', '-e', script, bus.address, SERVICE_NAME, MANAGER_PATH], { cwd: REPO_ROOT });
-    expect(r.stdout.trim().split('\n'), r.stderr).to.deep.equal(['org.freedesktop.DBus.Error.AccessDenied', 'org.freedesktop.DBus.Error.AccessDenied']);
-    expect(registry.has('x')).to.equal(false);
-    // The same script as root gets past the bus: the name is taken (3 = EXISTS), and the service itself
-    // answers the interface-less call (dbus-next dispatches by interface and refuses it).
-    const asRoot = await run(process.execPath, ['--input-type=module', '-e', script, bus.address, SERVICE_NAME, MANAGER_PATH], { cwd: REPO_ROOT });
-    const lines = asRoot.stdout.trim().split('\n');
-    expect(lines[0], asRoot.stderr).to.equal('ok 3');
-    expect(lines[1]).to.not.equal('org.freedesktop.DBus.Error.AccessDenied');
-    expect(registry.has('x')).to.equal(false);
+    // nobody runs its programs from a copy it can read: the checkout may be in /root or another private directory.
+    const forNobody = fixturesForAll(['dbus-next']);
+    try {
+      const p = external('sneaky', 'nope', 'normal', forNobody);
+      const own = await p.event('own');
+      expect(own.ok).to.equal(false);
+      expect(String(own.error)).to.contain('org.freedesktop.DBus.Error.AccessDenied');
+      // As nobody: RequestName of the service name, then a RegisterHandler call with no interface field
+      // (the policy's allow rules all name an interface, and dbus-daemon never matches those without one).
+      const script =
+        "import dbus from 'dbus-next';" +
+        'const b = dbus.sessionBus({ busAddress: process.argv[1] });' +
+        "const t = (p) => p.then((r) => console.log('ok', JSON.stringify(r.body ?? r)), (e) => console.log(e.type));" +
+        "b.on('connect', async () => {" +
+        '  await t(b.requestName(process.argv[2], 4));' +
+        "  await t(b.call(new dbus.Message({ destination: process.argv[2], path: process.argv[3], member: 'RegisterHandler', signature: 'ss', body: ['x', 'y'] })));" +
+        '  b.disconnect();' +
+        '});';
+      const r = await run(AS_NOBODY[0], [...AS_NOBODY.slice(1), process.execPath, '--input-type=module', '-e', script, bus.address, SERVICE_NAME, MANAGER_PATH], { cwd: forNobody.root });
+      expect(r.stdout.trim().split('\n'), `exit status ${String(r.code)}, stderr: ${r.stderr}`).to.deep.equal(['org.freedesktop.DBus.Error.AccessDenied', 'org.freedesktop.DBus.Error.AccessDenied']);
+      expect(registry.has('x')).to.equal(false);
+      // The same script as root gets past the bus: the name is taken (3 = EXISTS), and the service itself
+      // answers the interface-less call (dbus-next dispatches by interface and refuses it).
+      const asRoot = await run(process.execPath, ['--input-type=module', '-e', script, bus.address, SERVICE_NAME, MANAGER_PATH], { cwd: forNobody.root });
+      const lines = asRoot.stdout.trim().split('\n');
+      expect(lines[0], `exit status ${String(asRoot.code)}, stderr: ${asRoot.stderr}`).to.equal('ok 3');
+      expect(lines[1]).to.not.equal('org.freedesktop.DBus.Error.AccessDenied');
+      expect(registry.has('x')).to.equal(false);
+    } finally {
+      forNobody.remove();
+    }
   });
 
   it('registers a handler served by another process, forwards CheckConfig to it, and drops it when the process exits', async () => {
@@ -296,7 +250,7 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
 
     // CheckConfig goes to the registering process, with the string as the caller sent it.
     expect(parseBs(await gdbus(bus.address, `${ROOT_PATH}/ext1`, 'org.kernel.TCMUService1.CheckConfig', ['ext1/good-image']))).to.deep.equal([true, `OK from pid ${String(own.pid)}`]);
-    const check = await p.events.waitFor((e) => e.event === 'check' && e.cfgstring === 'ext1/good-image', 'forwarded check');
+    const check = await p.event('check', (e) => e.cfgstring === 'ext1/good-image');
     expect(check.sender, 'forwarded by the daemon').to.equal(service.uniqueName);
     expect(parseBs(await gdbus(bus.address, `${ROOT_PATH}/ext1`, 'org.kernel.TCMUService1.CheckConfig', ['ext1/bad-image'], true))).to.deep.equal([false, `pid ${String(own.pid)} refuses "bad-image"`]);
     expect(await added.handler.checkConfigRemote('ext1/good')).to.deep.equal({ ok: true });
@@ -329,7 +283,7 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
   it('drops an external handler whose owner releases the name but stays connected', async () => {
     const p = external('ext2', 'desc');
     expect((await p.event('registered')).reply).to.deep.equal([true, 'succeeded']);
-    p.command('release');
+    p.send('release');
     await p.event('released');
     const removed = await externalEvents.waitFor((e) => e.kind === 'removed' && e.handler.subtype === 'ext2', 'removed ext2');
     expect(removed.reason).to.equal('vanished');
@@ -339,7 +293,7 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
   it('UnregisterHandler removes an external handler and refuses built-in and unknown ones', async () => {
     const p = external('ext3', 'desc');
     expect((await p.event('registered')).reply).to.deep.equal([true, 'succeeded']);
-    p.command('unregister');
+    p.send('unregister');
     expect((await p.event('unregistered')).reply).to.deep.equal([true, 'succeeded']);
     const removed = await externalEvents.waitFor((e) => e.kind === 'removed' && e.handler.subtype === 'ext3', 'removed ext3');
     expect(removed.reason).to.equal('unregistered');
@@ -434,7 +388,7 @@ describe('DBus service: bus set-up', function () {
     const service = await startDbusService({
       registry, busAddress: bus.address, onDisconnected: () => gone!(), log: () => {}, onExternalHandler: (e) => events.push(e),
     });
-    const p = new ExternalProcess(bus.address, 'extgone', 'desc');
+    const p = externalProcess(bus.address, 'extgone', 'desc');
     try {
       expect((await p.event('registered')).reply).to.deep.equal([true, 'succeeded']);
       expect(registry.has('extgone')).to.equal(true);
@@ -449,7 +403,7 @@ describe('DBus service: bus set-up', function () {
   });
 
   it('is started by dbus-daemon through the packaged activation file', async () => {
-    const bus = await startTestBus({ activationExec: `${process.execPath} ${SERVICE_MAIN_FIXTURE}` });
+    const bus = await startTestBus({ activationArgv: [process.execPath, fixture('dbus-service-main.js')] });
     try {
       const r = await gdbus(bus.address, ROOT_PATH, 'org.freedesktop.DBus.ObjectManager.GetManagedObjects');
       expect(r.code, `${r.stderr}\ndbus-daemon: ${bus.stderr()}`).to.equal(0);
