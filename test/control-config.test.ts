@@ -2,10 +2,8 @@ import { expect } from 'chai';
 import { mkdtemp, mkdir, writeFile, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  parseTcmuConf, loadTcmuConf, resolveTcmuConfig, parseTcmuCliArgs, formatConfIssue, TcmuConfWatcher, tcmuConfPath,
-  type TcmuConfReload,
-} from '@tcmu-ts/core/control/config';
+import { parseTcmuConf, resolveTcmuConfig, parseTcmuCliArgs, formatConfIssue, tcmuConfPath } from '@tcmu-ts/core/control/config';
+import { loadTcmuConf, TcmuConfWatcher, type TcmuConfReload } from '@tcmu-ts/core/host/config';
 
 // tcmu-runner's shipped tcmu.conf: everything commented out.
 const SHIPPED = `# Master TCMU configuration file

@@ -3,11 +3,14 @@ import { mkdtemp, mkdir, writeFile, readFile, rm, readdir, symlink, unlink } fro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  parseDeviceInfo, randomNaaWwn, validateUserBackstoreSpec, ConfigfsError, ConfigfsValueError, userDeviceDir,
+  type UserBackstoreSpec,
+} from '@tcmu-ts/core/control/configfs';
+import {
   TcmuConfigfsDevice, createUserBackstore, deleteUserBackstore, createLoopExport, deleteLoopExport, readLunTarget,
-  parseDeviceInfo, setNetlinkBlocked, resetNetlink, readModuleParam, randomNaaWwn, validateUserBackstoreSpec,
-  ConfigfsError, ConfigfsValueError, userDeviceDir, type UserBackstoreSpec,
+  setNetlinkBlocked, resetNetlink, readModuleParam,
 } from '@tcmu-ts/core/host/configfs';
-import { scanUioDevices } from '@tcmu-ts/core/control/uio';
+import { scanUioDevices } from '@tcmu-ts/core/host/uio';
 import { FakeKernelConfigfs, errno } from './fixtures/configfs-standin.js';
 
 const INFO_61 = 'Status: ACTIVATED  Max Queue Depth: 128  SectorSize: 512  HwMaxSectors: 128\n        Config: file//var/a b.img Size: 1073741824 MaxDataAreaMB: 1024 DataPagesPerBlk: 1 CmdRingSizeMB: 8\n';

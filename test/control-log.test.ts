@@ -2,9 +2,8 @@ import { expect } from 'chai';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, existsSync, renameSync, writeFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  Logger, LogLevel, formatLogLine, formatLogTime, clampLogLevel, LOG_LEVEL_NAMES, DEFAULT_LOG_FILE,
-} from '@tcmu-ts/core/host/log';
+import { LogLevel, formatLogLine, formatLogTime, clampLogLevel, LOG_LEVEL_NAMES } from '@tcmu-ts/core/control/log';
+import { Logger, DEFAULT_LOG_FILE } from '@tcmu-ts/core/host/log';
 
 class Capture {
   lines: string[] = [];

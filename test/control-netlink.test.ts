@@ -7,9 +7,10 @@ import {
   TcmuEventError, type TcmuEvent,
 } from '@tcmu-ts/core/control/tcmu-nl';
 import {
-  GenlSocket, TcmuNetlink, GenlFamilyNotFoundError, TcmuNotLoadedError, NetlinkError, NetlinkTimeoutError, decodeGenlFamily,
-  encodeGetFamily, GENL_ID_CTRL, type GenlTransport, type GenlListener, type GenlFamily,
-} from '@tcmu-ts/core/host/netlink';
+  GenlFamilyNotFoundError, TcmuNotLoadedError, NetlinkError, NetlinkTimeoutError, decodeGenlFamily, encodeGetFamily,
+  GENL_ID_CTRL, type GenlTransport, type GenlListener, type GenlFamily,
+} from '@tcmu-ts/core/control/netlink';
+import { GenlSocket, TcmuNetlink } from '@tcmu-ts/core/host/netlink';
 
 function hex(s: string): Uint8Array {
   const clean = s.replace(/#[^\n]*/g, '').replace(/\s+/g, '');

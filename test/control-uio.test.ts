@@ -2,9 +2,8 @@ import { expect } from 'chai';
 import { mkdtemp, mkdir, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  parseUioName, extractDaemonOptions, parseMapSize, scanUioDevices, readUioDevice, UioNameError, UioDeviceError,
-} from '@tcmu-ts/core/control/uio';
+import { parseUioName, extractDaemonOptions, parseMapSize, UioNameError, UioDeviceError } from '@tcmu-ts/core/control/uio';
+import { scanUioDevices, readUioDevice } from '@tcmu-ts/core/host/uio';
 
 /** Lay out /sys/class/uio/uioN the way the uio core does (name and map0 size end with a newline). */
 async function fakeUio(root: string, n: number, name: string | null, size: string | null = '0x0000000040800000'): Promise<void> {

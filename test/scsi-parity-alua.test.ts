@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Initiator, ScsiStatus, type ScsiResponse } from '@tcmu-ts/ring';
-import { AluaState, HandlerRegistry, Logger, decodeSense, type AluaFailover, type AluaGroupInfo } from '@tcmu-ts/core';
+import { AluaState, HandlerRegistry, decodeSense, type AluaFailover, type AluaGroupInfo } from '@tcmu-ts/core';
+import { Logger } from '@tcmu-ts/core/host';
 import { Daemon, Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
 import { KernelStandIn } from './fixtures/kernel-standin.js';
 

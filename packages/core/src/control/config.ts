@@ -1,6 +1,7 @@
 /**
- * /etc/tcmu/tcmu.conf, read the way tcmu-runner reads it (libtcmu_config.c),
- * with clear errors where tcmu-runner would silently guess (or hang).
+ * /etc/tcmu/tcmu.conf, parsed the way tcmu-runner parses it (libtcmu_config.c),
+ * with clear errors where tcmu-runner would silently guess (or hang). Reading
+ * and watching the file is host/config.ts.
  *
  * Syntax tcmu-runner accepts, and so do we:
  *   - blank lines; lines whose first non-blank character is '#' (comments)
@@ -33,22 +34,13 @@
  *      the level);
  *   4. defaults: log_level 3 (INFO), log_dir /var/log.
  * Commenting a key out of the file brings back the value from 2..4 on the
- * next reload, as in tcmu-runner.
- *
- * One difference: tcmu-runner refuses to start when tcmu.conf cannot be
- * opened; we treat a missing file as empty (`missing: true`).
- */
-import { readFile, stat } from 'node:fs/promises';
-import { watch, type FSWatcher } from 'node:fs';
-import { EventEmitter } from 'node:events';
-import { join, basename, dirname, isAbsolute } from 'node:path';
+ * next reload, as in tcmu-runner. */
+import { join, isAbsolute } from 'node:path';
 
 export const TCMU_CONF_PATH = '/etc/tcmu/tcmu.conf';
 export const TCMU_DEFAULT_LOG_LEVEL = 3;
 export const TCMU_DEFAULT_LOG_DIR = '/var/log';
 export const TCMU_LOGDIR_ENV = 'TCMU_LOGDIR';
-/** tcmu-runner reads at most this much of the file. */
-export const TCMU_CONF_MAX_BYTES = 2 * 1024 * 1024;
 export const TCMU_LOG_LEVEL_MIN = 0;
 export const TCMU_LOG_LEVEL_MAX = 5;
 /** PATH_MAX minus room for the log file's name, as tcmu_log_dir_check allows. */
@@ -68,12 +60,6 @@ export interface TcmuConfFile {
   extra: Record<string, string | number | boolean>;
   errors: ConfIssue[];
   warnings: ConfIssue[];
-}
-
-export interface LoadedTcmuConf extends TcmuConfFile {
-  path: string;
-  /** The file did not exist (treated as empty). */
-  missing: boolean;
 }
 
 /** Render an issue as `file:line: message`. */
@@ -194,23 +180,6 @@ export function tcmuConfPath(opts: ConfPathOptions = {}): string {
   return opts.path ?? join(opts.root ?? '/', TCMU_CONF_PATH);
 }
 
-/** Read and parse the file; a missing file is empty, an over-size one an error. */
-export async function loadTcmuConf(opts: ConfPathOptions = {}): Promise<LoadedTcmuConf> {
-  const path = tcmuConfPath(opts);
-  let text: string;
-  try {
-    const st = await stat(path);
-    if (st.size > TCMU_CONF_MAX_BYTES) {
-      return { path, missing: false, extra: {}, warnings: [], errors: [{ line: 0, message: `file larger than ${TCMU_CONF_MAX_BYTES} bytes`, text: '' }] };
-    }
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { path, missing: true, extra: {}, errors: [], warnings: [] };
-    throw e;
-  }
-  return { path, missing: false, ...parseTcmuConf(text) };
-}
-
 /** The daemon arguments that touch the configuration (tcmu-runner's -d and -l). */
 export interface TcmuCliOptions {
   /** -d / --debug: log_level 5 (DEBUG SCSI CMD), as tcmu-runner sets def_log_level. */
@@ -277,105 +246,4 @@ export function resolveTcmuConfig(input: {
     dirSrc = 'env';
   }
   return { logLevel, logDir, sources: { logLevel: levelSrc, logDir: dirSrc } };
-}
-
-export interface TcmuConfReload {
-  config: ResolvedTcmuConfig;
-  previous: ResolvedTcmuConfig | null;
-  /** logLevel or logDir differ from the previous configuration. */
-  changed: boolean;
-  file: LoadedTcmuConf;
-}
-
-export interface TcmuConfWatcherOptions extends ConfPathOptions {
-  cli?: TcmuCliOptions;
-  env?: Record<string, string | undefined>;
-  /** Quiet time after the last change before re-reading (editors write in bursts). Default 100 ms. */
-  debounceMs?: number;
-}
-
-/**
- * Loads tcmu.conf and re-reads it whenever something in its directory
- * changes (the directory is watched, not the file, so editors that save by
- * rename are seen: tcmu-runner watches the directory for the same reason).
- *
- * Events: 'reload' (TcmuConfReload) after every read, including the first;
- * 'warning' (Error) when the directory cannot be watched or a re-read fails.
- */
-export class TcmuConfWatcher extends EventEmitter {
-  current: ResolvedTcmuConfig | null = null;
-  watching = false;
-  private watcher: FSWatcher | null = null;
-  private timer: NodeJS.Timeout | null = null;
-  private closed = false;
-  private reading: Promise<TcmuConfReload> | null = null;
-  private again = false;
-  readonly path: string;
-
-  constructor(private readonly opts: TcmuConfWatcherOptions = {}) {
-    super();
-    this.path = tcmuConfPath(opts);
-  }
-
-  /** Read the file once and start watching. Resolves with the first reload. */
-  async start(): Promise<TcmuConfReload> {
-    const first = await this.reload();
-    if (this.closed) return first;
-    try {
-      this.watcher = watch(dirname(this.path), { persistent: false }, (_event, filename) => {
-        if (filename !== null && filename !== basename(this.path)) return;
-        this.schedule();
-      });
-      this.watcher.on('error', (e) => this.emit('warning', e));
-      this.watching = true;
-    } catch (e) {
-      this.emit('warning', new Error(`cannot watch ${dirname(this.path)} for config changes: ${(e as Error).message}`));
-    }
-    return first;
-  }
-
-  private schedule(): void {
-    if (this.closed) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.reload().catch((e) => this.emit('warning', e));
-    }, this.opts.debounceMs ?? 100);
-  }
-
-  /** Re-read now (e.g. on SIGHUP). Concurrent calls are coalesced. */
-  reload(): Promise<TcmuConfReload> {
-    if (this.reading) {
-      this.again = true;
-      return this.reading;
-    }
-    this.reading = (async () => {
-      try {
-        let r: TcmuConfReload;
-        do {
-          this.again = false;
-          const file = await loadTcmuConf(this.opts);
-          const config = resolveTcmuConfig({ file, cli: this.opts.cli, env: this.opts.env ?? process.env });
-          const previous = this.current;
-          const changed = previous === null || previous.logLevel !== config.logLevel || previous.logDir !== config.logDir;
-          this.current = config;
-          r = { config, previous, changed, file };
-          if (!this.closed) this.emit('reload', r);
-        } while (this.again && !this.closed);
-        return r;
-      } finally {
-        this.reading = null;
-      }
-    })();
-    return this.reading;
-  }
-
-  close(): void {
-    this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    this.watcher?.close();
-    this.watcher = null;
-    this.watching = false;
-  }
 }

@@ -2,7 +2,7 @@
  * `tcmu-ts create | list | delete`: manage TCMU user backstores (and their
  * tcm_loop exports) through LIO's configfs, for machines without targetcli.
  *
- * Everything goes through control/configfs.ts with an injectable root and
+ * Everything goes through host/configfs.ts with an injectable root and
  * io, so tests run it against a kernel stand-in on a temp tree. Paths are
  * printed as the kernel shows them (relative to the root, with a leading '/').
  */
@@ -16,23 +16,25 @@ import { naaDesignator } from '@tcmu-ts/core/scsi/inquiry';
 import {
   ConfigfsError,
   ConfigfsValueError,
-  TcmuConfigfsDevice,
   TCMU_CONFIG_LEN,
+  randomNaaWwn,
+  targetDir,
+  userDeviceDir,
+  userHbaDir,
+  validateUserBackstoreSpec,
+  type UserBackstoreSpec,
+} from '@tcmu-ts/core/control/configfs';
+import {
+  TcmuConfigfsDevice,
   createLoopExport,
   createUserBackstore,
   deleteLoopExport,
   deleteUserBackstore,
   nodeConfigfsIo,
-  randomNaaWwn,
   readLunTarget,
-  targetDir,
-  userDeviceDir,
-  userHbaDir,
-  validateUserBackstoreSpec,
   type ConfigfsIo,
-  type UserBackstoreSpec,
 } from '@tcmu-ts/core/host/configfs';
-import { scanUioDevices, type UioDevice } from '@tcmu-ts/core/control/uio';
+import { scanUioDevices, type UioDevice } from '@tcmu-ts/core/host/uio';
 
 export interface AdminIo {
   out: (s: string) => void;

@@ -13,8 +13,9 @@
 import { join } from 'node:path';
 import {
   AluaStatus, AluaSupport, ConfigfsError, extractDaemonOptions,
-  type AluaFailover, type AluaGroupInfo, type AluaInfo, type AluaTargetPort, type TcmuConfigfsDevice,
+  type AluaFailover, type AluaGroupInfo, type AluaInfo, type AluaTargetPort,
 } from '@tcmu-ts/core';
+import type { TcmuConfigfsDevice } from '@tcmu-ts/core/host';
 
 const SUPPORT_FILES: readonly [string, number][] = [
   ['alua_support_active_optimized', AluaSupport.AO],

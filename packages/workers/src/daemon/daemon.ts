@@ -9,10 +9,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import { constants as osConstants } from 'node:os';
+import { splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
 import {
-  TcmuConfigfsDevice, TcmuNetlink, readUioDevice, scanUioDevices, splitCfgstring,
-  type ConfigfsIo, type HandlerRegistry, type Logger, type TcmuEvent, type UioDevice,
-} from '@tcmu-ts/core';
+  TcmuConfigfsDevice, TcmuNetlink, readUioDevice, scanUioDevices, type ConfigfsIo, type Logger, type UioDevice,
+} from '@tcmu-ts/core/host';
 import { KernelBackend } from './kernel-backend.js';
 import { DeviceOpenError, Supervisor } from '../supervisor.js';
 import type { DeviceSpec, RingEndpoint } from '../device-spec.js';

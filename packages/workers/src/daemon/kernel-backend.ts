@@ -1,5 +1,5 @@
 import { closeFd, openFile, O_RDWR, O_CLOEXEC, O_NONBLOCK } from '@tcmu-ts/ring';
-import type { TcmuConfigfsDevice, UioDevice } from '@tcmu-ts/core';
+import type { TcmuConfigfsDevice, UioDevice } from '@tcmu-ts/core/host';
 import type { RingEndpoint } from '../device-spec.js';
 import type { DeviceBackend, DeviceExtras } from '../supervisor.js';
 import { readAluaInfo, readCmdTimeOut, writeAluaState } from './alua-config.js';

@@ -3,9 +3,8 @@
  * does them, handlers (built-in plus --handler-path), the Daemon, and the
  * signals a service manager sends.
  */
-import {
-  HandlerRegistry, Logger, TcmuConfWatcher, TcmuNotLoadedError, formatConfIssue, type TcmuCliOptions,
-} from '@tcmu-ts/core';
+import { HandlerRegistry, TcmuNotLoadedError, formatConfIssue, type TcmuCliOptions } from '@tcmu-ts/core';
+import { Logger, TcmuConfWatcher } from '@tcmu-ts/core/host';
 import { Daemon } from './daemon.js';
 
 export interface DaemonMainOptions {
