@@ -20,6 +20,7 @@ import {
   writeSameViaWrite,
   zeroBuffers,
   type BlockIo,
+  type Callout,
   type ConfigCheck,
   type DeviceHandler,
   type Handler,
@@ -117,11 +118,6 @@ function checkFileConfig(cfg: FileConfig): string | undefined {
 }
 
 /** Quota exhaustion is a space problem to the initiator, same as a full disk. */
-function translate(e: unknown): unknown {
-  const code = (e as NodeJS.ErrnoException | null)?.code;
-  if (code === 'EDQUOT') return errnoError('ENOSPC', (e as Error).message);
-  return e;
-}
 
 const ZERO_BYTES = 1 << 20;
 let zeroBuf: Uint8Array | undefined;
@@ -162,98 +158,83 @@ export class FileDevice implements DeviceHandler {
     return this.fh.fd;
   }
 
-  async read(io: BlockIo): Promise<void> {
+  /** Page-cache IO finishes here and returns nothing; the other modes return their promise. */
+  read(io: BlockIo): Callout<void> {
     if (this.inline) {
-      try {
-        transferSync('read', this.fd, io.buffers, io.offset, io.length, this.config.path);
-        return;
-      } catch (e) {
-        throw translate(e);
-      }
+      transferSync('read', this.fd, io.buffers, io.offset, io.length, this.config.path);
+      return;
     }
+    return this.readOffThread(io);
+  }
+
+  write(io: BlockIo): Callout<void> {
+    if (this.inline) {
+      transferSync('write', this.fd, io.buffers, io.offset, io.length, this.config.path);
+      // Without a write cache (or with FUA) completion promises stable media.
+      if (io.fua || !this.writeCache) return this.flush();
+      return;
+    }
+    return this.writeOffThread(io);
+  }
+
+  private async readOffThread(io: BlockIo): Promise<void> {
     try {
       if (this.pool !== undefined && FileIoPool.usable(io)) await this.pool.run('read', io);
       else await this.readAt(this.fh, io.buffers, io.offset, io.length);
     } catch (e) {
-      if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw translate(e);
+      if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
       await this.readAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
     }
   }
 
-  async write(io: BlockIo): Promise<void> {
-    if (this.inline) {
-      try {
-        transferSync('write', this.fd, io.buffers, io.offset, io.length, this.config.path);
-      } catch (e) {
-        throw translate(e);
-      }
-      if (io.fua || !this.writeCache) await this.flush();
-      return;
-    }
+  private async writeOffThread(io: BlockIo): Promise<void> {
     try {
-      try {
-        if (this.pool !== undefined && FileIoPool.usable(io)) await this.pool.run('write', io);
-        else await this.writeAt(this.fh, io.buffers, io.offset, io.length);
-      } catch (e) {
-        if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
-        await this.writeAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
-      }
-      // Without a write cache (or with FUA) completion promises stable media.
-      if (io.fua || !this.writeCache) await this.fh.datasync();
+      if (this.pool !== undefined && FileIoPool.usable(io)) await this.pool.run('write', io);
+      else await this.writeAt(this.fh, io.buffers, io.offset, io.length);
     } catch (e) {
-      throw translate(e);
+      if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+      await this.writeAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
     }
+    if (io.fua || !this.writeCache) await this.fh.datasync();
   }
 
-  async flush(): Promise<void> {
-    try {
-      await this.fh.datasync();
-    } catch (e) {
-      throw translate(e);
-    }
+  flush(): Promise<void> {
+    return this.fh.datasync();
   }
 
   async unmap(ranges: readonly LbaRange[]): Promise<void> {
     const bs = this.dev.blockSize;
-    try {
-      for (const r of ranges) {
-        const off = r.lba * bs;
-        const len = r.blocks * bs;
-        if (len === 0) continue;
-        if (this.canPunch) {
-          const err = await fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
-          if (err === 0) continue;
-          if (!isUnsupported(err)) throw err;
-          this.canPunch = false;
-          this.dev.log.info(`file: ${this.config.path} cannot punch holes (${err.code}); unmap writes zeros instead`);
-        }
-        await this.writeZeros(off, len);
+    for (const r of ranges) {
+      const off = r.lba * bs;
+      const len = r.blocks * bs;
+      if (len === 0) continue;
+      if (this.canPunch) {
+        const err = await fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
+        if (err === 0) continue;
+        if (!isUnsupported(err)) throw err;
+        this.canPunch = false;
+        this.dev.log.info(`file: ${this.config.path} cannot punch holes (${err.code}); unmap writes zeros instead`);
       }
-    } catch (e) {
-      throw translate(e);
+      await this.writeZeros(off, len);
     }
   }
 
   async writeSame(io: BlockIo, pattern: Uint8Array): Promise<void> {
     if (isZeroRange(pattern, 0, pattern.byteLength)) {
-      try {
-        // ZERO_RANGE keeps the blocks allocated (WRITE SAME without UNMAP
-        // asks for provisioned blocks) but skips writing them.
-        if (this.canZeroRange) {
-          const err = await fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, io.offset, io.length);
-          if (err === 0) {
-            if (io.fua || !this.writeCache) await this.fh.datasync();
-            return;
-          }
-          if (!isUnsupported(err)) throw err;
-          this.canZeroRange = false;
+      // ZERO_RANGE keeps the blocks allocated (WRITE SAME without UNMAP
+      // asks for provisioned blocks) but skips writing them.
+      if (this.canZeroRange) {
+        const err = await fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, io.offset, io.length);
+        if (err === 0) {
+          if (io.fua || !this.writeCache) await this.fh.datasync();
+          return;
         }
-        await this.writeZeros(io.offset, io.length);
-        if (io.fua || !this.writeCache) await this.fh.datasync();
-        return;
-      } catch (e) {
-        throw translate(e);
+        if (!isUnsupported(err)) throw err;
+        this.canZeroRange = false;
       }
+      await this.writeZeros(io.offset, io.length);
+      if (io.fua || !this.writeCache) await this.fh.datasync();
+      return;
     }
     await writeSameViaWrite(this, io, pattern);
   }

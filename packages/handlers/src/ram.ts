@@ -22,10 +22,9 @@ import {
 
 export const RAM_DEFAULT_CHUNK = 1 << 20;
 
-// One settled promise shared by every synchronous completion: the per-IO
-// cost of this handler is then just the copies, not a promise per command.
-const DONE: Promise<void> = Promise.resolve();
-const MATCH: Promise<CompareResult> = Promise.resolve({ ok: true });
+// Every callout finishes in place and returns its result, not a promise:
+// the engine then completes the command without a promise or microtask.
+const MATCH: CompareResult = Object.freeze({ ok: true });
 
 export interface RamConfig {
   /** Capacity from the cfgstring, when it was a size. */
@@ -63,7 +62,7 @@ export class RamDevice implements DeviceHandler {
     return this.chunks.size * this.chunkSize;
   }
 
-  read(io: BlockIo): Promise<void> {
+  read(io: BlockIo): void {
     const cs = this.chunkSize;
     const chunks = this.chunks;
     let pos = io.offset;
@@ -82,10 +81,9 @@ export class RamDevice implements DeviceHandler {
         pos += n;
       }
     }
-    return DONE;
   }
 
-  write(io: BlockIo): Promise<void> {
+  write(io: BlockIo): void {
     const cs = this.chunkSize;
     const chunks = this.chunks;
     let pos = io.offset;
@@ -114,26 +112,23 @@ export class RamDevice implements DeviceHandler {
         pos += n;
       }
     }
-    return DONE;
   }
 
-  flush(): Promise<void> {
-    return DONE;
+  flush(): void {
   }
 
-  unmap(ranges: readonly LbaRange[]): Promise<void> {
+  unmap(ranges: readonly LbaRange[]): void {
     const bs = this.dev.blockSize;
     for (let i = 0; i < ranges.length; i++) {
       const start = ranges[i].lba * bs;
       this.zeroBytes(start, start + ranges[i].blocks * bs);
     }
-    return DONE;
   }
 
-  writeSame(io: BlockIo, pattern: Uint8Array): Promise<void> {
+  writeSame(io: BlockIo, pattern: Uint8Array): void {
     if (isZeroRange(pattern, 0, pattern.byteLength)) {
       this.zeroBytes(io.offset, io.offset + io.length);
-      return DONE;
+      return;
     }
     const cs = this.chunkSize;
     const ps = pattern.byteLength;
@@ -148,10 +143,9 @@ export class RamDevice implements DeviceHandler {
       }
       c.set(pattern, pos - ci * cs);
     }
-    return DONE;
   }
 
-  compareAndWrite(io: CompareAndWriteIo): Promise<CompareResult> {
+  compareAndWrite(io: CompareAndWriteIo): CompareResult {
     // Compare and write run in one synchronous step, which is what makes
     // this atomic against other commands without any lock.
     const cs = this.chunkSize;
@@ -164,14 +158,14 @@ export class RamDevice implements DeviceHandler {
         const ci = Math.floor(pos / cs);
         const c = this.chunks.get(ci);
         const have = c === undefined ? 0 : c[pos - ci * cs];
-        if (have !== b[j]) return Promise.resolve({ ok: false, offset: rel });
+        if (have !== b[j]) return { ok: false, offset: rel };
       }
     }
-    void this.write(io);
+    this.write(io);
     return MATCH;
   }
 
-  reconfig(change: ReconfigChange): Promise<void> {
+  async reconfig(change: ReconfigChange): Promise<void> {
     if (change.kind === 'size') {
       const old = this.dev.numLbas;
       this.dev.numLbas = change.numLbas;
@@ -179,12 +173,10 @@ export class RamDevice implements DeviceHandler {
       if (change.numLbas < old) this.zeroBytes(change.numLbas * this.dev.blockSize, old * this.dev.blockSize);
     }
     // Config and write-cache changes need nothing: RAM has no cache to drain.
-    return DONE;
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
     this.chunks.clear();
-    return DONE;
   }
 
   /** Make [start, end) read as zeros, giving whole chunks back to the GC. */

@@ -36,6 +36,7 @@ const c = {
   socketpair: libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
   poll: libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
   open: libc.func('int open(const char *path, int flags, int mode)'),
+  eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
 };
 
 /** An OS error from a libc call, with the errno that explains it. */
@@ -153,40 +154,76 @@ export function readEvent(fd: number): number | null {
   return null;
 }
 
-function pollfd(fd: number): Uint8Array {
-  const p = new Uint8Array(8);
-  const dv = new DataView(p.buffer);
+/** Set in what pollIn/pollInSync return when the wake fd (an eventfd) was signalled. */
+export const WOKEN = 0x10000;
+
+/** struct pollfd[2]: the fd, then the wake fd (or -1, which poll() skips). */
+function fillPollfds(p: Uint8Array, fd: number, wakeFd: number): Uint8Array {
+  const dv = new DataView(p.buffer, p.byteOffset, 16);
   dv.setInt32(0, fd, true);
   dv.setInt16(4, POLLIN, true);
+  dv.setInt16(6, 0, true);
+  dv.setInt32(8, wakeFd, true);
+  dv.setInt16(12, POLLIN, true);
+  dv.setInt16(14, 0, true);
   return p;
 }
-function revents(p: Uint8Array): number {
-  return new DataView(p.buffer).getInt16(6, true);
+function reventsOf(p: Uint8Array): number {
+  const dv = new DataView(p.buffer, p.byteOffset, 16);
+  return (dv.getInt16(6, true) & 0xffff) | (dv.getInt16(14, true) & POLLIN ? WOKEN : 0);
 }
 
-/** Blocking poll for POLLIN; returns revents (0 on timeout). Only for threads that may block. */
-export function pollInSync(fd: number, timeoutMs: number): number {
-  const p = pollfd(fd);
-  const rc = Number(c.poll(p, 1, timeoutMs));
+/** One pollfd pair per thread for the blocking poll: it is never in use twice at once. */
+const syncPollfds = new Uint8Array(16);
+
+/**
+ * Blocking poll for POLLIN on `fd` (and on `wakeFd` when >= 0); returns
+ * fd's revents, with WOKEN set when wakeFd fired (0 on timeout). Only for
+ * threads that may block.
+ */
+export function pollInSync(fd: number, timeoutMs: number, wakeFd = -1): number {
+  const p = fillPollfds(syncPollfds, fd, wakeFd);
+  const rc = Number(c.poll(p, 2, timeoutMs));
   if (rc < 0) {
     const err = koffi.errno();
     if (err === EINTR) return 0;
     throw new SysError('poll', err);
   }
-  return rc === 0 ? 0 : revents(p);
+  return rc === 0 ? 0 : reventsOf(p);
 }
 
 /**
  * poll() for POLLIN on a libuv pool thread, so the calling thread's event loop
- * keeps running. Resolves to revents (0 on timeout).
+ * keeps running. Resolves as pollInSync returns.
  */
-export function pollIn(fd: number, timeoutMs: number): Promise<number> {
-  const p = pollfd(fd);
+export function pollIn(fd: number, timeoutMs: number, wakeFd = -1): Promise<number> {
+  const p = fillPollfds(new Uint8Array(16), fd, wakeFd);
   return new Promise((resolve, reject) => {
-    c.poll.async(p, 1, timeoutMs, (err: unknown, rc: number) => {
+    c.poll.async(p, 2, timeoutMs, (err: unknown, rc: number) => {
       if (err) return reject(err);
       if (rc < 0) return resolve(0);
-      resolve(rc === 0 ? 0 : revents(p));
+      resolve(rc === 0 ? 0 : reventsOf(p));
     });
   });
+}
+
+const EFD_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
+const wakeValue = new BigUint64Array([1n]);
+const wakeBuf = new Uint8Array(wakeValue.buffer);
+const wakeSink = new Uint8Array(8);
+
+/**
+ * An eventfd another thread signals to cut a poll short: the supervisor
+ * wakes a device worker sleeping in poll() when it posts it a message.
+ */
+export function wakeFdCreate(): number {
+  return check('eventfd', c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+}
+export function wake(fd: number): void {
+  c.write(fd, wakeBuf, 8);
+}
+/** Take the wake-ups (an eventfd read returns and clears the count). */
+export function clearWake(fd: number): void {
+  c.read(fd, wakeSink, 8);
 }

@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { hexBytes, naaDesignator } from '@tcmu-ts/core';
+import { closeFd, wake, wakeFdCreate } from '@tcmu-ts/ring';
 
 import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
 import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
@@ -81,6 +82,8 @@ export class Supervisor extends EventEmitter {
   private readonly forwards = new Map<number, PeerForward>();
   private nextForwardId = 1;
   private readonly naaCache = new WeakMap<DeviceSpec, string>();
+  /** Each worker's wake eventfd (EngineOptions.wakeFd), closed when it exits. */
+  private readonly wakeFds = new Map<Worker, number>();
 
   constructor(opts: SupervisorOptions = {}) {
     super();
@@ -207,14 +210,21 @@ export class Supervisor extends EventEmitter {
     for (const dev of this.devices.values()) this.send(dev, { type: 'log-cdbs', enabled });
   }
 
+  /** Post, then wake the worker if it sleeps in poll(): it reads the message at once. */
   private send(dev: ManagedDevice, cmd: SupervisorCommand): void {
-    dev.worker?.postMessage(cmd);
+    const w = dev.worker;
+    if (!w) return;
+    w.postMessage(cmd);
+    const fd = this.wakeFds.get(w);
+    if (fd !== undefined) wake(fd);
   }
 
   private startWorker(dev: ManagedDevice, reopen: boolean): Promise<void> {
     const spec = { ...dev.spec, numLbas: dev.numLbas };
-    const worker = new Worker(WORKER_URL, { workerData: { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs }, stdout: false, stderr: false });
+    const wakeFd = wakeFdCreate();
+    const worker = new Worker(WORKER_URL, { workerData: { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd }, stdout: false, stderr: false });
     dev.worker = worker;
+    this.wakeFds.set(worker, wakeFd);
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       worker.on('message', (e: WorkerEvent) => {
@@ -269,6 +279,8 @@ export class Supervisor extends EventEmitter {
         }
       });
       worker.on('exit', (code) => {
+        this.wakeFds.delete(worker);
+        closeFd(wakeFd);
         if (dev.worker === worker) dev.worker = undefined;
         this.dropForwards(dev);
         if (dev.state === 'running') void this.restart(dev, code);

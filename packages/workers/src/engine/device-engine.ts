@@ -9,7 +9,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import {
-  RingConsumer, RingBrokenError, ScsiStatus, Taken, TmrType, pollIn, pollInSync, readEvent, writeEvent,
+  RingConsumer, RingBrokenError, ScsiStatus, Taken, TmrType, WOKEN, clearWake, pollIn, pollInSync, readEvent, writeEvent,
   type CompletionOptions,
 } from '@tcmu-ts/ring';
 import {
@@ -23,8 +23,13 @@ import { CounterWriter, Scalar } from '../counters.js';
 
 /** How long one wait for the kernel may last before the loop looks at its stop flag again. */
 const WAIT_SLICE_MS = 200;
-/** The same, when the thread itself sleeps in poll() and nothing else runs meanwhile. */
+/**
+ * The same, when the thread itself sleeps in poll() and nothing else runs
+ * meanwhile: short without a wake fd, so messages are still seen soon.
+ */
 const IDLE_SLICE_MS = 20;
+/** With a wake fd every message cuts the sleep short; the slice only bounds how late a timer may run. */
+const IDLE_SLICE_WAKE_MS = 250;
 /** Under constant load the loop never waits: it still yields this often, for messages and timers. */
 const YIELD_EVERY_MS = 2;
 
@@ -40,6 +45,12 @@ export interface EngineLog {
 export interface EngineOptions {
   map: ArrayBuffer;
   eventFd: number;
+  /**
+   * An eventfd (wakeFdCreate) whoever posts this thread messages signals
+   * after posting: a worker sleeping in poll() then turns its event loop at
+   * once instead of at the end of its slice.
+   */
+  wakeFd?: number;
   handler: DeviceHandler;
   info: ScsiDeviceInfo;
   counters: CounterWriter;
@@ -85,6 +96,7 @@ export class DeviceEngine implements CommandSink {
   private background = 0;
   /** Records free for the next entry: the pool grows to the deepest queue seen, then stops allocating. */
   private readonly free: Command[] = [];
+  private records = 0;
   /** Commands watched for tcmur_cmd_time_out, by id. */
   private readonly tracked = new Map<number, Command>();
   private timeoutTimer: NodeJS.Timeout | undefined;
@@ -139,6 +151,7 @@ export class DeviceEngine implements CommandSink {
    */
   async run(): Promise<void> {
     const fd = this.o.eventFd;
+    const wakeFd = this.o.wakeFd ?? -1;
     let lastYield = performance.now();
     while (!this.stopping && !this.broken) {
       this.drain();
@@ -156,21 +169,22 @@ export class DeviceEngine implements CommandSink {
       }
       if (this.consumer.hasWork()) continue;
       let revents: number;
-      if (this.inFlight === 0) {
+      if (this.inFlight === 0 && this.background === 0) {
         // Nothing of ours can settle while we wait, so the thread may sleep in
         // poll() itself: no hop through the libuv pool on the way in or out.
-        // The slice is short so stop requests and timers are still seen soon.
         this.flushKick();
-        revents = pollInSync(fd, IDLE_SLICE_MS);
-        if (!revents) {
+        revents = pollInSync(fd, wakeFd >= 0 ? IDLE_SLICE_WAKE_MS : IDLE_SLICE_MS, wakeFd);
+        if (!revents || revents & WOKEN) {
+          if (revents & WOKEN) clearWake(wakeFd);
           await setImmediateTurn();
           lastYield = performance.now();
         }
       } else {
-        revents = await pollIn(fd, WAIT_SLICE_MS);
+        revents = await pollIn(fd, WAIT_SLICE_MS, wakeFd);
+        if (revents & WOKEN) clearWake(wakeFd);
         lastYield = performance.now();
       }
-      if (revents) {
+      if (revents & ~WOKEN) {
         this.o.counters.add(Scalar.WAKEUPS);
         // One read takes the event (a UIO read returns the irq count); the
         // drain that follows serves everything the kernel queued meanwhile.
@@ -217,7 +231,7 @@ export class DeviceEngine implements CommandSink {
     this.draining = true;
     try {
       for (;;) {
-        const cmd = this.free.pop() ?? new Command(this);
+        const cmd = this.free.pop() ?? this.newRecord();
         const taken = consumer.take(cmd);
         if (taken === Taken.CMD) {
           this.dispatch(cmd);
@@ -245,7 +259,7 @@ export class DeviceEngine implements CommandSink {
     this.o.log.error(`malformed ring entry at ${entry.at}: ${entry.reason} (${entry.detail})`);
     if (entry.cmdId === 0) return;
     // Its id was read, so the kernel waits for an answer: a record with no data answers it.
-    const cmd = this.free.pop() ?? new Command(this);
+    const cmd = this.free.pop() ?? this.newRecord();
     cmd.cmdId = entry.cmdId;
     cmd.cdb = new Uint8Array(1);
     cmd.iovecs.length = 0;
@@ -260,6 +274,16 @@ export class DeviceEngine implements CommandSink {
     this.o.log.warn(`task management ${name} for ${ids.length} command(s): ${ids.join(',')}`);
     for (const id of ids) this.aborted.add(id);
     if (RESET_TMRS.has(type)) this.exec.onReset();
+  }
+
+  /** Records made so far: the deepest queue seen (tests check that they are reused). */
+  get commandRecords(): number {
+    return this.records;
+  }
+
+  private newRecord(): Command {
+    this.records++;
+    return new Command(this);
   }
 
   /** Reset the record's per-command state: the consumer has filled id, CDB and iovecs. */

@@ -17,10 +17,12 @@ interface WorkerInput {
   counters: SharedArrayBuffer;
   reopen: boolean;
   logCdbs: boolean;
+  /** Signalled by the supervisor after each message it posts (EngineOptions.wakeFd). */
+  wakeFd: number;
 }
 
 const port = parentPort!;
-const { spec, counters, reopen, logCdbs } = workerData as WorkerInput;
+const { spec, counters, reopen, logCdbs, wakeFd } = workerData as WorkerInput;
 const post = (e: WorkerEvent) => port.postMessage(e);
 const log = {
   scsi: (msg: string) => post({ type: 'log', level: 'scsi', msg }),
@@ -60,6 +62,7 @@ async function main(): Promise<void> {
       log,
       onRingBroken: (reason) => post({ type: 'ring-broken', reason }),
       peers,
+      wakeFd,
       onAluaChange: (groups) => post({ type: 'alua-state', groups: groups.map((g) => ({ name: g.name, state: g.state, status: g.status })) }),
     });
   } catch (err) {

@@ -22,6 +22,8 @@ export interface RingDeviceHooks {
   onRingBroken(reason: string): void;
   peers?: PeerLink;
   onAluaChange?(groups: readonly AluaGroupInfo[]): void;
+  /** The eventfd the message sender signals (EngineOptions.wakeFd). */
+  wakeFd?: number;
 }
 
 /** A device whose handler is open and whose engine is built but not yet running. */
@@ -72,6 +74,7 @@ export async function openRingDevice(spec: DeviceSpec, handler: Handler, reopen:
   engine = new DeviceEngine({
     map: map.buffer,
     eventFd: spec.ring.eventFd,
+    ...(hooks.wakeFd !== undefined ? { wakeFd: hooks.wakeFd } : {}),
     handler: opened,
     info,
     counters: hooks.counters,
