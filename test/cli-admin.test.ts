@@ -23,10 +23,12 @@ describe('tcmu-ts create / list / delete (admin CLI)', () => {
   let root: string;
   let k: FakeKernelConfigfs;
 
+  /** How long create --loop waits for the disk; tests that expect one to appear raise it (the wait ends when it does). */
+  let diskWaitMs = 400;
   async function run(...argv: string[]): Promise<Run> {
     const out: string[] = [];
     const err: string[] = [];
-    const code = await runAdmin(argv, { out: (s) => out.push(s), err: (s) => err.push(s) }, { root, configfsIo: k, diskWaitMs: 400 });
+    const code = await runAdmin(argv, { out: (s) => out.push(s), err: (s) => err.push(s) }, { root, configfsIo: k, diskWaitMs });
     return { code, out: out.join(''), err: err.join('') };
   }
   async function ok(...argv: string[]): Promise<string> {
@@ -51,6 +53,7 @@ describe('tcmu-ts create / list / delete (admin CLI)', () => {
     root = await mkdtemp(join(tmpdir(), 'tcmu-admin-'));
     await makeKernelTree(root);
     k = new FakeKernelConfigfs(root);
+    diskWaitMs = 400;
   });
   afterEach(async () => {
     await rm(root, { recursive: true, force: true });
@@ -148,13 +151,15 @@ describe('tcmu-ts create / list / delete (admin CLI)', () => {
     it('waits for the sd device and finds it by vendor and VPD page 80h serial', async () => {
       await fakeDisk('0:0:0:0', { vendor: 'ATA     ', serial: SERIAL, block: 'sda' });
       await fakeDisk('1:0:1:0', { serial: 'some-other-lio-disk', block: 'sdb' });
-      const later = setTimeout(() => void fakeDisk('2:0:1:0', { serial: SERIAL, block: 'sdc' }), 100);
-      try {
-        const out = await ok('create', 'dev0', 'ram/x', '--size', '1M', '--serial', SERIAL, '--loop', '--loop-wwn', WWN);
-        expect(out.split('\n').slice(-2)).to.deep.equal(['SCSI disk: /dev/sdc', '']);
-      } finally {
-        clearTimeout(later);
-      }
+      // As the kernel does: linking the LUN starts the scan, and sd shows up some time after.
+      const link = k.symlink.bind(k);
+      k.symlink = async (target, p) => {
+        await link(target, p);
+        void fakeDisk('2:0:1:0', { serial: SERIAL, block: 'sdc' });
+      };
+      diskWaitMs = 30_000;
+      const out = await ok('create', 'dev0', 'ram/x', '--size', '1M', '--serial', SERIAL, '--loop', '--loop-wwn', WWN);
+      expect(out.split('\n').slice(-2)).to.deep.equal(['SCSI disk: /dev/sdc', '']);
     });
 
     it('finds the sd device by its wwid (NAA from the serial) when sysfs has no vpd_pg80', async () => {
