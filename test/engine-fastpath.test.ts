@@ -6,7 +6,7 @@
  * through the one status table.
  */
 import { expect } from 'chai';
-import { KernelSimulator, ScsiStatus, WOKEN, clearWake, closeFd, pollInSync, readEvent, wake, wakeFdCreate, type SimResult } from '@tcmu-ts/ring';
+import { KernelSimulator, ScsiStatus, cdbRead16, cdbWrite16, WOKEN, clearWake, closeFd, pollInSync, readEvent, wake, wakeFdCreate, type SimResult } from '@tcmu-ts/ring';
 import {
   ScsiError, decodeSense, errnoError, statusForError,
   type BlockIo, type Callout, type CompareAndWriteIo, type CompareResult, type DeviceHandler,
@@ -18,14 +18,7 @@ import { scsiInfoFromSpec } from '@tcmu-ts/workers/engine/scsi-info';
 const BS = 512;
 const LBAS = 4096;
 
-function rw16(read: boolean, lba: number, blocks: number): Uint8Array {
-  const c = new Uint8Array(16);
-  c[0] = read ? 0x88 : 0x8a;
-  const dv = new DataView(c.buffer);
-  dv.setUint32(6, lba);
-  dv.setUint32(10, blocks);
-  return c;
-}
+const rw16 = (read: boolean, lba: number, blocks: number): Uint8Array => (read ? cdbRead16(lba, blocks) : cdbWrite16(lba, blocks));
 
 /** A memory handler whose callouts finish in place (sync) or a turn later (async), and fail on demand. */
 class TestHandler implements DeviceHandler {

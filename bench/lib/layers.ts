@@ -15,7 +15,7 @@
  * this measures the engine, it does not change it.
  */
 import { performance } from 'node:perf_hooks';
-import { KernelSimulator, RingConsumer, readEvent, writeEvent } from '@tcmu-ts/ring';
+import { KernelSimulator, RingConsumer, cdbRead16, cdbWrite16, readEvent, writeEvent } from '@tcmu-ts/ring';
 import { loadHandler, type DeviceHandler } from '@tcmu-ts/core';
 import { CounterWriter, createCounterBuffer, type DeviceSpec } from '@tcmu-ts/workers';
 import { DeviceEngine } from '@tcmu-ts/workers/engine/device-engine';
@@ -38,14 +38,7 @@ interface EngineInternals {
 
 const BLOCK = 512;
 
-function cdb(read: boolean, lba: number, blocks: number): Uint8Array {
-  const c = new Uint8Array(16);
-  c[0] = read ? 0x88 : 0x8a;
-  const dv = new DataView(c.buffer);
-  dv.setUint32(6, lba);
-  dv.setUint32(10, blocks);
-  return c;
-}
+const cdb = (read: boolean, lba: number, blocks: number): Uint8Array => (read ? cdbRead16(lba, blocks) : cdbWrite16(lba, blocks));
 
 type Consume = () => void | Promise<void>;
 

@@ -5,15 +5,23 @@
  * reshaped for JavaScript:
  *  - one object per handler type (`Handler`), one object per open device
  *    (`DeviceHandler`) instead of a private pointer hung off the device;
- *  - promises instead of TCMU_STS return codes plus tcmur_cmd_complete();
- *  - failures are thrown: an errno-style error (anything with `code: 'EIO'`,
- *    `'ENOSPC'`, ...) or a ScsiError from the SCSI core when a handler needs
- *    a specific sense key/ASC/ASCQ. The engine turns both into sense data.
+ *  - a return value instead of TCMU_STS return codes plus
+ *    tcmur_cmd_complete(): a callout that finishes on the device thread
+ *    returns (void, or its result), one that finishes later returns a
+ *    promise (see Callout);
+ *  - failures are thrown (or rejected): an errno-style error (anything with
+ *    `code: 'EIO'`, `'ENOSPC'`, ...) or a ScsiError from the SCSI core when a
+ *    handler needs a specific sense key/ASC/ASCQ. The engine turns both into
+ *    status and sense through one table (statusForError in the SCSI core).
  *
  * Everything an IO callout receives points straight into the ring's data
- * area. Handlers must finish with the buffers before their promise settles
- * and must never keep references to them afterwards: the engine reuses that
- * memory for the next command as soon as the completion is posted.
+ * area, and the BlockIo itself belongs to the engine's command record.
+ * Handlers must finish with both before their callout returns or its
+ * promise settles, and must never keep references to them afterwards: the
+ * engine reuses them for the next command as soon as the completion is
+ * posted.
+ *
+ * This module imports nothing: handlers load it without koffi or the ring.
  */
 
 // ---------------------------------------------------------------- config
@@ -409,44 +417,37 @@ export function zeroBuffers(buffers: readonly Uint8Array[], at = 0, length = Inf
 }
 
 /**
- * Sub-list covering [at, at+length) of the list. Allocates new views, so
- * keep it for slow paths (short reads, splitting large IOs).
+ * The part [at, at+length) of a list of spans (views, iovecs), cutting the
+ * spans at either end with `cut`. Allocates, so keep it for slow paths
+ * (short reads, splitting large IOs).
  */
-export function sliceBuffers(buffers: readonly Uint8Array[], at: number, length = Infinity): Uint8Array[] {
-  const out: Uint8Array[] = [];
+function sliceSpans<T>(list: readonly T[], size: (t: T) => number, cut: (t: T, from: number, n: number) => T, at: number, length: number): T[] {
+  const out: T[] = [];
   let skip = at;
   let left = length;
-  for (let i = 0; i < buffers.length && left > 0; i++) {
-    const b = buffers[i];
-    if (skip >= b.byteLength) {
-      skip -= b.byteLength;
+  for (let i = 0; i < list.length && left > 0; i++) {
+    const t = list[i];
+    const len = size(t);
+    if (skip >= len) {
+      skip -= len;
       continue;
     }
-    const end = Math.min(b.byteLength, skip + left);
-    out.push(skip === 0 && end === b.byteLength ? b : b.subarray(skip, end));
-    left -= end - skip;
+    const n = Math.min(len - skip, left);
+    out.push(skip === 0 && n === len ? t : cut(t, skip, n));
+    left -= n;
     skip = 0;
   }
   return out;
 }
 
-/** The iovecs covering [at, at+length) of a command's data (sliceBuffers for IoVec lists). */
+/** Sub-list covering [at, at+length) of a scatter/gather list. */
+export function sliceBuffers(buffers: readonly Uint8Array[], at: number, length = Infinity): Uint8Array[] {
+  return sliceSpans(buffers, (b) => b.byteLength, (b, from, n) => b.subarray(from, from + n), at, length);
+}
+
+/** The iovecs covering [at, at+length) of a command's data. */
 export function sliceIovecs(iovs: readonly IoVec[], at: number, length = Infinity): IoVec[] {
-  const out: IoVec[] = [];
-  let skip = at;
-  let left = length;
-  for (let i = 0; i < iovs.length && left > 0; i++) {
-    const v = iovs[i];
-    if (skip >= v.length) {
-      skip -= v.length;
-      continue;
-    }
-    const n = Math.min(v.length - skip, left);
-    out.push(skip === 0 && n === v.length ? v : { offset: v.offset + skip, length: n });
-    left -= n;
-    skip = 0;
-  }
-  return out;
+  return sliceSpans(iovs, (v) => v.length, (v, from, n) => ({ offset: v.offset + from, length: n }), at, length);
 }
 
 /** True when every byte of the list is zero (e.g. to skip storing all-zero blocks). */
