@@ -102,6 +102,12 @@ export class RingSlot {
 
 const NO_CDB = new Uint8Array(0);
 
+function copySpans(list: readonly IoVec[]): IoVec[] {
+  const out = new Array<IoVec>(list.length);
+  for (let i = 0; i < list.length; i++) out[i] = { offset: list[i].offset, length: list[i].length };
+  return out;
+}
+
 /** The mailbox or ring cannot be trusted any further (e.g. an entry length that cannot be stepped over). */
 export class RingBrokenError extends Error {
   constructor(message: string) {
@@ -187,12 +193,12 @@ export class RingConsumer {
    * entry: the engine's per-command path uses take() instead.
    */
   next(): RingEntry | null {
-    const slot = new RingSlot();
+    const slot = (this.nextSlot ??= new RingSlot());
     switch (this.take(slot)) {
       case Taken.NONE:
         return null;
       case Taken.CMD:
-        return { kind: 'cmd', cmdId: slot.cmdId, cdb: slot.cdb.slice(), iovs: slot.iovecs.map((v) => ({ ...v })), bidiIovs: slot.bidiIovecs.map((v) => ({ ...v })), dataLength: slot.dataLength };
+        return { kind: 'cmd', cmdId: slot.cmdId, cdb: slot.cdb.slice(), iovs: copySpans(slot.iovecs), bidiIovs: copySpans(slot.bidiIovecs), dataLength: slot.dataLength };
       case Taken.TMR:
         return this.lastTmr!;
       default:
@@ -234,6 +240,9 @@ export class RingConsumer {
     }
     return Taken.NONE;
   }
+
+  /** The record next() reads into before copying out. */
+  private nextSlot: RingSlot | undefined;
 
   /** The TMR entry take() last returned Taken.TMR for. */
   lastTmr: RingTmr | undefined;
