@@ -7,7 +7,7 @@
  * (the kernel copies them into the transport's autosense).
  */
 
-import { SenseKey } from '@tcmu-ts/ring';
+import { SenseKey } from '@tcmu-ts/ring/kernel-scsi';
 import { be16, be32, be64, put16, put32, put64, topBit } from './bytes.js';
 
 /** Sense keys (SPC-4 table 28): one table for the whole project, kept with the ring's SCSI basics. */
