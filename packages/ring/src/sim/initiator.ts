@@ -56,10 +56,19 @@ function u16be(b: Uint8Array, at: number, v: number): void {
   b[at + 1] = v & 0xff;
 }
 function u32be(b: Uint8Array, at: number, v: number): void {
-  new DataView(b.buffer, b.byteOffset, b.byteLength).setUint32(at, v >>> 0, false);
+  b[at] = v >>> 24;
+  b[at + 1] = v >>> 16;
+  b[at + 2] = v >>> 8;
+  b[at + 3] = v;
 }
+/** A number below 2^53 needs no BigInt (the load generators build millions of these). */
 function u64be(b: Uint8Array, at: number, v: number | bigint): void {
-  new DataView(b.buffer, b.byteOffset, b.byteLength).setBigUint64(at, BigInt(v), false);
+  if (typeof v === 'number') {
+    u32be(b, at, Math.floor(v / 0x100000000));
+    u32be(b, at + 4, v >>> 0);
+    return;
+  }
+  new DataView(b.buffer, b.byteOffset, b.byteLength).setBigUint64(at, v, false);
 }
 
 function checkRange(name: string, v: number, max: number): void {

@@ -172,7 +172,7 @@ export class DeviceEngine implements CommandSink {
       if (this.inFlight === 0 && this.background === 0) {
         // Nothing of ours can settle while we wait, so the thread may sleep in
         // poll() itself: no hop through the libuv pool on the way in or out.
-        this.flushKick();
+        if (this.completedSinceKick) this.flushKick();
         revents = pollInSync(fd, wakeFd >= 0 ? IDLE_SLICE_WAKE_MS : IDLE_SLICE_MS, wakeFd);
         if (!revents || revents & WOKEN) {
           if (revents & WOKEN) clearWake(wakeFd);
