@@ -4,6 +4,7 @@
  * copy (koffi function objects are per isolate).
  */
 import koffi from 'koffi';
+import { errnoName } from './errno.js';
 
 const libc = koffi.load('libc.so.6');
 
@@ -47,14 +48,6 @@ export class SysError extends Error {
   }
 }
 
-const ERRNO_NAMES: Record<number, string> = {
-  1: 'EPERM', 2: 'ENOENT', 4: 'EINTR', 5: 'EIO', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM',
-  13: 'EACCES', 14: 'EFAULT', 16: 'EBUSY', 17: 'EEXIST', 19: 'ENODEV', 22: 'EINVAL',
-  24: 'EMFILE', 28: 'ENOSPC', 30: 'EROFS', 95: 'EOPNOTSUPP', 110: 'ETIMEDOUT',
-};
-export function errnoName(errno: number): string | undefined {
-  return ERRNO_NAMES[errno];
-}
 
 function check(call: string, rc: number | bigint): number {
   const n = Number(rc);

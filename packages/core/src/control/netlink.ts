@@ -5,7 +5,7 @@
  * simulator or test can stand in for the kernel. The koffi socket that
  * implements the transport is host/netlink.ts.
  */
-import { constants as osConstants } from 'node:os';
+import { errnoName } from '@tcmu-ts/ring/errno';
 import {
   type NlMsg, type GenlMsg, decodeGenlMsg, decodeNested, attrMap, attrString, attrU16, attrU32, encodeGenlMsg, nla, NlmFlag,
 } from './nlattr.js';
@@ -19,9 +19,8 @@ export const CtrlAttr = {
 } as const;
 export const CtrlAttrMcastGrp = { NAME: 1, ID: 2 } as const;
 
-const ERRNO_NAME = new Map<number, string>(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
 export function errnoCode(errno: number): string {
-  return ERRNO_NAME.get(Math.abs(errno)) ?? `errno ${Math.abs(errno)}`;
+  return errnoName(errno) ?? `errno ${Math.abs(errno)}`;
 }
 
 /** The kernel answered a request with an error (NLMSG_ERROR, error != 0). */

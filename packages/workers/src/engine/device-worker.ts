@@ -4,7 +4,7 @@
  * did not catch ends this thread only; the supervisor restarts it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { errnoName } from '@tcmu-ts/ring';
+import { errnoNumber } from '@tcmu-ts/ring';
 import { loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
 import { fromWire, toWire, type PeerLink } from './executor.js';
 import { CounterWriter } from '../counters.js';
@@ -137,9 +137,9 @@ async function reconfigure(m: Extract<SupervisorCommand, { type: 'reconfig' }>, 
   }
 }
 
+/** The errno a code stands for; EIO for one the platform does not know. */
 function errnoFromCode(code: string): number {
-  for (let n = 1; n < 200; n++) if (errnoName(n) === code) return n;
-  return 5; // EIO
+  return errnoNumber(code) ?? 5;
 }
 
 main().catch((e) => {
