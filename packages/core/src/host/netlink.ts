@@ -9,6 +9,7 @@
  * datagrams sent by the kernel (source port 0) are accepted.
  */
 import koffi from 'koffi';
+import { pollIn } from '@tcmu-ts/ring';
 import { constants as osConstants } from 'node:os';
 import { type NlMsg, decodeNlMsgs, decodeNlError, encodeGenlMsg, NlMsgType, NlmFlag } from '../control/nlattr.js';
 import {
@@ -28,7 +29,6 @@ const c = {
   setsockopt: libc.func('int setsockopt(int fd, int level, int name, const uint8_t *val, uint32_t len)'),
   sendto: libc.func('long sendto(int fd, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t alen)'),
   recvfrom: libc.func('long recvfrom(int fd, _Out_ uint8_t *buf, size_t len, int flags, _Out_ uint8_t *addr, _Inout_ uint32_t *alen)'),
-  poll: libc.func('int poll(_Inout_ uint8_t *fds, unsigned long nfds, int timeout)'),
   close: libc.func('int close(int fd)'),
 };
 
@@ -46,7 +46,6 @@ const NETLINK_CAP_ACK = 10;
 const NETLINK_EXT_ACK = 11;
 const MSG_DONTWAIT = 0x40;
 const MSG_TRUNC = 0x20;
-const POLLIN = 0x001;
 const SOCKADDR_NL_LEN = 12;
 
 /** A failed socket system call. */
@@ -357,20 +356,6 @@ function setIntOpt(fd: number, level: number, name: number, value: number): bool
   const v = new Uint8Array(4);
   new DataView(v.buffer).setInt32(0, value, true);
   return Number(c.setsockopt(fd, level, name, v, 4)) === 0;
-}
-
-/** poll() for POLLIN on a libuv pool thread. Resolves to revents (0 on timeout or EINTR). */
-function pollIn(fd: number, timeoutMs: number): Promise<number> {
-  const p = new Uint8Array(8);
-  const dv = new DataView(p.buffer);
-  dv.setInt32(0, fd, true);
-  dv.setInt16(4, POLLIN, true);
-  return new Promise((resolve, reject) => {
-    c.poll.async(p, 1, timeoutMs, (err: unknown, rc: number) => {
-      if (err) return reject(err);
-      resolve(rc > 0 ? dv.getInt16(6, true) : 0);
-    });
-  });
 }
 
 // ---------------------------------------------------------------- TCM-USER
