@@ -108,30 +108,77 @@ export function readIscsiTestCu(runDir) {
   return { suites: suites.length, passed: sum('passed'), failed: sum('failed'), skipped: sum('skipped'), incomplete: sum('incomplete'), bySuite: suites };
 }
 
-/** compare.tsv: label, job A, job B -> ratios A/B of IOPS and mean completion latency. */
+/**
+ * compare.tsv: label, job A, job B -> ratios A/B of IOPS and of mean completion latency
+ * (fio clat), for reads and writes separately and together (total IOPS; mean over every
+ * I/O, weighted by count). `target`: A has at least B's IOPS and at most its mean latency;
+ * `goal`: 1.3x the IOPS and at most 1/1.3 of the latency (at a fixed queue depth 1.3x the
+ * IOPS means 1/1.3 of the latency, Little's law).
+ */
 export function readComparisons(runDir, fio) {
   const f = join(runDir, 'compare.tsv');
   if (!existsSync(f)) return [];
-  const total = (j) => (j ? (j.read?.iops ?? 0) + (j.write?.iops ?? 0) : null);
-  const meanLat = (j) => {
+  const ratio = (x, y) => (x && y ? round(x / y, 3) : null);
+  const figures = (j) => {
     if (!j) return null;
     const sides = [j.read, j.write].filter(Boolean);
     const ios = sides.reduce((n, s) => n + s.ios, 0);
-    return ios ? round(sides.reduce((n, s) => n + s.clatMeanUs * s.ios, 0) / ios) : null;
-  };
-  return readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => {
-    const [label, a, b] = l.split('\t');
-    const A = fio[a];
-    const B = fio[b];
-    const ia = total(A);
-    const ib = total(B);
-    const la = meanLat(A);
-    const lb = meanLat(B);
     return {
-      label, a, b,
-      iopsA: round(ia), iopsB: round(ib), iopsRatio: ia && ib ? round(ia / ib, 3) : null,
-      clatMeanUsA: la, clatMeanUsB: lb, clatRatio: la && lb ? round(la / lb, 3) : null,
+      iops: sides.reduce((n, s) => n + s.iops, 0),
+      readIops: j.read?.iops ?? null,
+      writeIops: j.write?.iops ?? null,
+      clatMeanUs: ios ? round(sides.reduce((n, s) => n + s.clatMeanUs * s.ios, 0) / ios) : null,
+      readClatMeanUs: j.read?.clatMeanUs ?? null,
+      writeClatMeanUs: j.write?.clatMeanUs ?? null,
+      latMeanUs: ios ? round(sides.reduce((n, s) => n + s.latMeanUs * s.ios, 0) / ios) : null,
     };
+  };
+  const keys = ['iops', 'readIops', 'writeIops', 'clatMeanUs', 'readClatMeanUs', 'writeClatMeanUs', 'latMeanUs'];
+  const rows = readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => {
+    const [label, a, b, group] = l.split('\t');
+    const A = figures(fio[a]);
+    const B = figures(fio[b]);
+    const c = { label, a, b, ...(group ? { group } : {}) };
+    for (const k of keys) {
+      c[`${k}A`] = A ? round(A[k]) : null;
+      c[`${k}B`] = B ? round(B[k]) : null;
+    }
+    return c;
+  });
+  // a group (4th column): the same job in several rounds; its row has the means over the
+  // rounds (same runtime each: mean IOPS = total I/O over total time) and the range of
+  // the per-round ratios
+  const groups = new Map();
+  for (const c of rows) if (c.group) groups.set(c.group, [...(groups.get(c.group) ?? []), c]);
+  const mean = (xs) => (xs.every((x) => Number.isFinite(x)) && xs.length ? xs.reduce((n, x) => n + x, 0) / xs.length : null);
+  const summaries = [...groups].filter(([, g]) => g.length > 1).map(([label, g]) => {
+    const c = { label, a: g.map((x) => x.a).join(' '), b: g.map((x) => x.b).join(' '), rounds: g.length };
+    for (const k of keys) {
+      c[`${k}A`] = round(mean(g.map((x) => x[`${k}A`])));
+      c[`${k}B`] = round(mean(g.map((x) => x[`${k}B`])));
+    }
+    return c;
+  });
+  return [...rows, ...summaries].map((c) => {
+    c.iopsRatio = ratio(c.iopsA, c.iopsB);
+    c.readIopsRatio = ratio(c.readIopsA, c.readIopsB);
+    c.writeIopsRatio = ratio(c.writeIopsA, c.writeIopsB);
+    c.clatRatio = ratio(c.clatMeanUsA, c.clatMeanUsB);
+    c.readClatRatio = ratio(c.readClatMeanUsA, c.readClatMeanUsB);
+    c.writeClatRatio = ratio(c.writeClatMeanUsA, c.writeClatMeanUsB);
+    c.latRatio = ratio(c.latMeanUsA, c.latMeanUsB);
+    const met = (iops, lat) => (c.iopsRatio === null || c.clatRatio === null ? null : c.iopsRatio >= iops && c.clatRatio <= lat);
+    c.target = met(1, 1);
+    c.goal = met(1.3, 1 / 1.3);
+    return c;
+  }).map((c, _, all) => {
+    if (!c.rounds) return c;
+    const per = all.filter((x) => x.group === c.label);
+    const range = (k) => {
+      const v = per.map((x) => x[k]).filter((x) => x !== null);
+      return v.length ? [Math.min(...v), Math.max(...v)] : null;
+    };
+    return { ...c, iopsRatioRange: range('iopsRatio'), clatRatioRange: range('clatRatio') };
   });
 }
 
@@ -151,10 +198,19 @@ const esc = (s) => String(s ?? '').replace(/\|/g, '\\|');
 export function resultsMarkdown(r) {
   const lines = [];
   if (r.comparisons?.length) {
+    const yn = (x) => (x === null ? '' : x ? 'yes' : 'no');
     lines.push('## Side by side (A / B, same guest, same run)', '',
-      '| comparison | A | B | IOPS A | IOPS B | IOPS A/B | mean clat A µs | mean clat B µs | clat A/B |',
-      '|---|---|---|---|---|---|---|---|---|',
-      ...r.comparisons.map((c) => `| ${esc(c.label)} | ${c.a} | ${c.b} | ${c.iopsA} | ${c.iopsB} | **${c.iopsRatio}** | ${c.clatMeanUsA} | ${c.clatMeanUsB} | ${c.clatRatio} |`), '');
+      'IOPS: read + write; mean clat: over every I/O. Target: IOPS A/B >= 1.0 and clat A/B <= 1.0; goal: >= 1.3 and <= 0.77.', '',
+      '| comparison | A | B | IOPS A | IOPS B | IOPS A/B | read / write IOPS A/B | mean clat A µs | mean clat B µs | clat A/B | read / write clat A/B | target | goal |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      ...r.comparisons.filter((c) => !c.rounds).map((c) => `| ${esc(c.label)} | ${c.a} | ${c.b} | ${c.iopsA} | ${c.iopsB} | **${c.iopsRatio}** | ${c.readIopsRatio} / ${c.writeIopsRatio} | ${c.clatMeanUsA} | ${c.clatMeanUsB} | **${c.clatRatio}** | ${c.readClatRatio} / ${c.writeClatRatio} | ${yn(c.target)} | ${yn(c.goal)} |`), '');
+    const sums = r.comparisons.filter((c) => c.rounds);
+    if (sums.length) {
+      lines.push('Across rounds (means of the rounds above; per-round ratio range in brackets):', '',
+        '| comparison | rounds | IOPS A | IOPS B | IOPS A/B | read / write IOPS A/B | mean clat A µs | mean clat B µs | clat A/B | read / write clat A/B | target | goal |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+        ...sums.map((c) => `| ${esc(c.label)} | ${c.rounds} | ${c.iopsA} | ${c.iopsB} | **${c.iopsRatio}** [${c.iopsRatioRange?.join('-') ?? ''}] | ${c.readIopsRatio} / ${c.writeIopsRatio} | ${c.clatMeanUsA} | ${c.clatMeanUsB} | **${c.clatRatio}** [${c.clatRatioRange?.join('-') ?? ''}] | ${c.readClatRatio} / ${c.writeClatRatio} | ${yn(c.target)} | ${yn(c.goal)} |`), '');
+    }
   }
   if (r.fio) {
     lines.push('## fio', '', '| job | rw | bs | QD | err | read IOPS | read MB/s | read clat mean / p99 µs | write IOPS | write MB/s | write clat mean / p99 µs |',

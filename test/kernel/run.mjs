@@ -15,6 +15,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cpus, loadavg } from 'node:os';
 import { collectResults, resultsMarkdown } from './results.mjs';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -52,6 +53,26 @@ const readEnv = (file) => Object.fromEntries(existsSync(file)
   ? readFileSync(file, 'utf8').split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])
   : []);
 
+// Host CPU the run did not use itself: busy time in /proc/stat minus this process and its
+// waited-for children (run.sh, qemu), in USER_HZ ticks. On a shared host the guest's
+// figures (fio above all) depend on it: the report shows it next to them.
+function hostCpuSample() {
+  try {
+    const c = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const st = readFileSync('/proc/self/stat', 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ').map(Number); // f[0] is field 3 (state)
+    return { busy: c[0] + c[1] + c[2] + c[5] + c[6] + (c[7] || 0), own: f[11] + f[12] + f[13] + f[14], t: performance.now(), load1: loadavg()[0] };
+  } catch {
+    return null;
+  }
+}
+function hostLoad(a, b) {
+  if (!a || !b) return null;
+  const s = (b.t - a.t) / 1000;
+  return { cores: cpus().length, load1Start: Number(a.load1.toFixed(2)), load1End: Number(b.load1.toFixed(2)),
+    otherCpuCores: s > 0 ? Number(Math.max(0, (b.busy - a.busy - (b.own - a.own)) / 100 / s).toFixed(2)) : null };
+}
+
 if (process.platform !== 'linux' || process.getuid?.() !== 0) {
   process.stderr.write('test:kernel needs Linux and root (apt-get, debootstrap and a VM image owned by root)\n');
   process.exit(1);
@@ -68,6 +89,14 @@ if (!skipPrepare) {
   }
 }
 const manifest = readEnv(join(cache, 'vm', 'manifest.env'));
+// which tree the figures belong to (the guest runs a frozen copy of its dist/, made at boot)
+function gitState() {
+  const git = (...a) => spawnSync('git', a, { cwd: repo, encoding: 'utf8' });
+  const head = git('rev-parse', '--short=12', 'HEAD');
+  if (head.status !== 0) return null;
+  const dirty = git('status', '--porcelain', '--', 'packages').stdout.split('\n').filter(Boolean).length;
+  return { head: head.stdout.trim(), packagesChanged: dirty };
+}
 
 mkdirSync(resultsDir, { recursive: true });
 const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
@@ -77,9 +106,12 @@ for (const scen of scenarios) {
   const runRel = relative(repo, join(resultsDir, 'runs', `${stamp}-${process.pid}-${name}`));
   const runDir = join(repo, runRel);
   const t0 = performance.now();
+  const cpu0 = hostCpuSample();
+  const tree = gitState();
   const r = spawnSync('bash', [join(repo, 'scripts/vm/run.sh'), '--timeout', String(timeout), '--out', runRel, ...passThrough, ...(verbose ? ['-v'] : []), scen],
     { cwd: repo, stdio: ['ignore', 'inherit', 'inherit'] });
   const wall = secs(t0);
+  const load = hostLoad(cpu0, hostCpuSample());
   const status = r.status ?? 128;
   const checks = readTsv(join(runDir, 'checks.tsv')).map(([s, check, detail]) => ({ ok: s === 'ok', check, detail: detail ?? '' }));
   const timings = Object.fromEntries(readTsv(join(runDir, 'timings.tsv')).map(([k, v]) => [k, Number(v)]));
@@ -95,6 +127,8 @@ for (const scen of scenarios) {
     kernel: manifest.KVER ?? null, kernelPackage: manifest.KPKG ?? null, node: manifest.NODE_VERSION ?? null,
     prepareSeconds,
     hostWallSeconds: host.host_wall_boot_to_exit ?? wall,
+    hostLoad: load,
+    git: tree,
     timings, modules, checks,
     ...collectResults(runDir),
     runDir: runRel,
@@ -119,13 +153,15 @@ function printSummary(r) {
   const out = [];
   out.push(`\n== ${r.scenario}: ${r.verdict.toUpperCase()} (exit ${r.status}), ${r.passed} checks passed, ${r.failed} failed`);
   out.push(`   kernel ${r.kernel}, node ${r.node}; prepare ${r.prepareSeconds === null ? 'skipped' : `${r.prepareSeconds} s`}, boot+scenario+poweroff ${r.hostWallSeconds} s host wall clock`);
+  if (r.git) out.push(`   tree: ${r.git.head}${r.git.packagesChanged ? ` + ${r.git.packagesChanged} changed paths under packages/` : ''}`);
+  if (r.hostLoad) out.push(`   host: ${r.hostLoad.cores} cores; other processes used ${r.hostLoad.otherCpuCores} cores on average during the run, 1-min load ${r.hostLoad.load1Start} -> ${r.hostLoad.load1End}`);
   if (t.kernel_to_stage1 !== undefined) {
     out.push(`   guest uptime: /init ${t.kernel_to_stage1} s, root switched ${t.kernel_to_stage2} s, modules loaded ${t.modules_loaded_at ?? '-'} s, scenario ${t.scenario_start ?? '-'}..${t.scenario_end ?? '-'} s`);
   }
   const steps = Object.entries(t).filter(([k]) => /^[A-Z]_/.test(k) || !/^(kernel_to|modules_loaded|scenario_|guest_uptime)/.test(k));
   if (steps.length) out.push(`   steps: ${steps.map(([k, v]) => `${k} ${v}s`).join(', ')}`);
   for (const c of r.checks.filter((c) => !c.ok)) out.push(`   FAIL ${c.check}: ${c.detail}`);
-  for (const c of r.comparisons ?? []) out.push(`   ${c.label}: IOPS ${c.iopsA} vs ${c.iopsB} (A/B ${c.iopsRatio}), mean clat ${c.clatMeanUsA} vs ${c.clatMeanUsB} us (A/B ${c.clatRatio})`);
+  for (const c of r.comparisons ?? []) out.push(`   ${c.label}: IOPS ${c.iopsA} vs ${c.iopsB} (A/B ${c.iopsRatio}), mean clat ${c.clatMeanUsA} vs ${c.clatMeanUsB} us (A/B ${c.clatRatio}); read/write A/B: IOPS ${c.readIopsRatio}/${c.writeIopsRatio}, clat ${c.readClatRatio}/${c.writeClatRatio}${c.rounds ? `; ${c.rounds} rounds, per-round IOPS A/B ${c.iopsRatioRange?.join('-')}, clat A/B ${c.clatRatioRange?.join('-')}` : ''}${c.target === null ? '' : c.target ? '; target met' : '; target NOT met'}`);
   if (r.iscsiTestCu) {
     const c = r.iscsiTestCu;
     out.push(`   iscsi-test-cu: ${c.suites} suites, ${c.passed} passed, ${c.failed} failed, ${c.skipped} skipped${c.incomplete ? `, ${c.incomplete} incomplete` : ''}`);
@@ -143,6 +179,8 @@ function toMarkdown(r) {
     `- kernel: ${r.kernel} (${r.kernelPackage}), node ${r.node}, qemu TCG (no KVM), 2 vCPUs, 2 GiB`,
     `- exit status: ${r.status}; checks: ${r.passed} passed, ${r.failed} failed`,
     `- prepare: ${r.prepareSeconds === null ? 'skipped' : `${r.prepareSeconds} s`}; boot + scenario + power-off: ${r.hostWallSeconds} s (host wall clock)`,
+    ...(r.git ? [`- tree: ${r.git.head}${r.git.packagesChanged ? ` + ${r.git.packagesChanged} changed paths under packages/ (uncommitted)` : ''}`] : []),
+    ...(r.hostLoad ? [`- host: ${r.hostLoad.cores} cores; other processes used ${r.hostLoad.otherCpuCores} cores on average during the run (1-min load ${r.hostLoad.load1Start} -> ${r.hostLoad.load1End}); timings and fio figures depend on it`] : []),
     `- logs: \`${r.runDir}/\` (console.log, scenario.log, dmesg.txt)`,
     '',
     '## Timings (seconds; guest uptime for boot phases)',

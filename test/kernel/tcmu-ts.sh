@@ -15,19 +15,27 @@
 #      write job completes without error, a verify-only pass checks every write
 #   G. iSCSI export (LIO iscsi on 127.0.0.1:3260, demo mode) of a ram backstore,
 #      libiscsi's iscsi-test-cu SCSI suites (per-suite logs, counted in the report)
-#   H. the same short fio job (4 KiB randrw QD8) through tcmu-ts (file handler)
-#      and through Debian's tcmu-runner (qcow handler on a raw file), one
-#      daemon at a time; the report has both and the ratio
-#   Z. teardown with our CLI, clean daemon stop, kernel log clean
+#   Z. teardown with our CLI, clean daemon stop
+#   H. (after Z) three short fio jobs, 4 KiB randrw QD8 and QD32, 128 KiB randrw
+#      QD8, each through tcmu-ts (file handler) and through Debian's tcmu-runner
+#      (qcow handler on a raw file), back to back, one daemon at a time, the side
+#      that goes first alternating; the report has both and the ratios
+#   kernel log clean
 # Env (run.mjs --env NAME=VALUE): TS_PHASES (default ABCDEFGH; A is always run),
 # TS_CU_SUITES (space-free comma list of iscsi-test-cu suites, overrides the default set),
-# TS_BENCH_SECONDS (fio runtime per daemon in H, default 20), TS_ISCSI_CACHE_DYNAMIC_ACLS (G, default 1).
+# TS_BENCH_SECONDS (fio runtime per job and daemon in H after a 3 s ramp, default 15; 6 jobs),
+# TS_BENCH_FIRST (tcmu-ts or tcmu-runner: the side that runs H's first job first, default tcmu-ts),
+# TS_BENCH_WCE (attrib/emulate_write_cache of H's disks, default 1: write-back, as tcmu-runner's qcow),
+# TS_BENCH_WARMUP_SECONDS (untimed fio at every daemon start in H, default 5),
+# TS_BENCH_ROUNDS (H's three jobs N times, each round in the mirrored order of the one before, default 1),
+# TS_ISCSI_CACHE_DYNAMIC_ACLS (G, default 1).
+# Phase H alone (A and Z always run): node test/kernel/run.mjs --skip-prepare --timeout 900 --env TS_PHASES=H test/kernel/tcmu-ts.sh
 . "$TCMU_REPO/test/kernel/lib.sh"
 . "$TCMU_REPO/test/kernel/tcmu-ts-lib.sh"
 
 PHASES=${TS_PHASES:-ABCDEFGH}
 phase() { [[ $PHASES == *"$1"* ]]; }
-BENCH_S=${TS_BENCH_SECONDS:-20}
+BENCH_S=${TS_BENCH_SECONDS:-15}
 MB=$((1024 * 1024))
 FILE_SIZE=$((128 * MB))
 RAM_SIZE=$((64 * MB))
@@ -410,20 +418,7 @@ if phase G; then
   ts_cli delete tsiscsi >/dev/null 2>&1; tk_eq "G delete tsiscsi" 0 $?
 fi
 
-# ---------------------------------------------------------------- H. side by side with tcmu-runner
-BENCHJOB=(--ioengine=libaio --direct=1 --rw=randrw --rwmixread=50 --bs=4k --iodepth=8 --size=48M --time_based --runtime=$BENCH_S --ramp_time=3 --randrepeat=1)
-if phase H; then
-  truncate -s $RAM_SIZE /tmp/bench-ts.raw
-  SD=$(ts_create tsbench file//tmp/bench-ts.raw $RAM_SIZE)
-  tk_match "H create tsbench (file handler) --loop" '^sd[a-z]+$' "$SD"
-  if [ -n "$SD" ]; then
-    dd if=/dev/zero of="/dev/$SD" bs=1M count=48 oflag=direct status=none   # same allocated state for both runs
-    ts_fio bench-tcmu-ts --filename="/dev/$SD" "${BENCHJOB[@]}"; tk_eq "H fio randrw through tcmu-ts" 0 $?
-    ts_cli delete tsbench >/dev/null 2>&1; tk_eq "H delete tsbench" 0 $?
-  fi
-fi
-
-# ---------------------------------------------------------------- Z. our teardown, then tcmu-runner
+# ---------------------------------------------------------------- Z. our teardown (before H: H starts daemons of its own)
 for n in tsfile tsram; do
   [ -d "$CFG/core/user_0/$n" ] || continue
   out=$(ts_cli delete $n 2>&1); tk_eq "Z delete $n" 0 $?
@@ -439,28 +434,164 @@ tk_check "Z tcmu-ts said stopped" ts_log_has '] stopped'
 errs=$(grep -h '\[ERROR\]' "$TCMU_OUT"/tcmu-ts-*.out 2>/dev/null)
 if [ -z "$errs" ]; then tk_pass "Z no ERROR in the daemon's log"; else tk_fail "Z no ERROR in the daemon's log" "$(printf '%s' "$errs" | head -3 | tr '\n' ' ')"; fi
 
-if phase H; then
-  runner_ready() {
-    dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.NameHasOwner \
-      string:org.kernel.TCMUService1 2>/dev/null | grep -q 'boolean true'
-  }
-  mkdir -p /tmp/tr-log
-  t0=$EPOCHREALTIME
-  tcmu-runner -l /tmp/tr-log >"$TCMU_OUT/tcmu-runner.out" 2>&1 &
-  RUNNER=$!
-  tk_wait 30 runner_ready; tk_eq "H tcmu-runner ready (owns org.kernel.TCMUService1)" 0 $?
-  tk_timing H_runner_ready "$(tk_since "$t0")"
-  truncate -s $RAM_SIZE /tmp/bench-tr.raw
-  SD=$(ts_create trbench qcow//tmp/bench-tr.raw $RAM_SIZE)
-  tk_match "H create trbench (tcmu-runner qcow on a raw file) --loop with our CLI" '^sd[a-z]+$' "$SD"
-  if [ -n "$SD" ]; then
-    dd if=/dev/zero of="/dev/$SD" bs=1M count=48 oflag=direct status=none
-    ts_fio bench-tcmu-runner --filename="/dev/$SD" "${BENCHJOB[@]}"; tk_eq "H fio randrw through tcmu-runner" 0 $?
-    ts_cli delete trbench >/dev/null 2>&1; tk_eq "H delete trbench" 0 $?
+# ---------------------------------------------------------------- H. side by side with tcmu-runner
+# After Z: the A-G daemon and its disks are gone, so each side is a fresh daemon serving one
+# bench disk and nothing else, one daemon at a time (both want org.kernel.TCMUService1, and
+# each logs an error for a device whose handler it lacks). Both disks are made the same way
+# (tk_user_dev + tk_loop_export, same attributes), over the same 64 MiB raw file on the
+# guest's tmpfs, zero-filled once (every page allocated before either side runs): `file` for
+# tcmu-ts, `qcow` (raw mode) for tcmu-runner.
+# Write cache: tcmu-runner's qcow handler reports WCE=1 (write-back) even with the kernel's
+# default attrib/emulate_write_cache=0 (sd: "Write cache: enabled"); tcmu-ts follows the
+# attribute, and 0 makes it write through (fdatasync after every write). The same
+# durability on both sides means write-back:
+# attrib/emulate_write_cache=1 before enable (our CLI has no option for it, hence no
+# `create --loop` here). TS_BENCH_WCE=0 measures the kernel default instead.
+# Jobs: fio randrw 50/50 over the first 48 MiB, libaio,
+# O_DIRECT, BENCH_S s after a 3 s ramp (JIT warm-up, first-touch work), same random sequence:
+#   4k-qd8    per-command cost at a moderate queue depth (the original job)
+#   4k-qd32   the same with 4x the commands in flight: how each daemon overlaps and batches
+#             (ring reads, completions, worker parallelism)
+#   128k-qd8  transfer size instead of depth, the rest as 4k-qd8 (one variable at a time):
+#             the data path (copies between the ring's data area and the file). QD8 x 128 KiB
+#             = 1 MiB in flight, far inside the data area, so the job stays bound by the data
+#             path rather than queueing; QD32 would only lengthen the queue in front of it.
+#             Both disks get hw_max_sectors=256 so a 128 KiB I/O is one SCSI command (the
+#             kernel's default of 128 blocks would split it into two 64 KiB commands).
+# Order: each job runs on both sides back to back (same host load, as far as a shared host
+# allows), and the side that goes first alternates from job to job, so neither side always
+# goes first, or always runs right after a daemon start:
+#   tcmu-ts[4k-qd8] tcmu-runner[4k-qd8 4k-qd32] tcmu-ts[4k-qd32 128k-qd8] tcmu-runner[128k-qd8]
+# Four daemon sessions, each starting with an untimed warm-up (TS_BENCH_WARMUP_SECONDS, 5 s,
+# both block sizes), so that no measured job pays for a daemon's cold start (JIT, first
+# touches) and the job right after a start is not at a disadvantage. Switching costs ~2 s
+# (tcmu-runner) to ~7 s (tcmu-ts: node start-up) on a quiet host. TS_BENCH_FIRST=tcmu-runner
+# mirrors the pattern; TS_BENCH_ROUNDS=N repeats the jobs N times, every round mirrored
+# (tcmu-ts first in round 1 is tcmu-runner first in round 2), and the report adds the
+# figures up per job across rounds: on a shared host one round's ratios move by +-30%.
+H_JOBS=(4k-qd8:4k:8 4k-qd32:4k:32 128k-qd8:128k:8)
+H_FIO=(--ioengine=libaio --direct=1 --rw=randrw --rwmixread=50 --size=48M --time_based --runtime=$BENCH_S --ramp_time=3 --randrepeat=1)
+H_FILE=/tmp/bench.raw
+H_WCE=${TS_BENCH_WCE:-1}
+H_WARM_S=${TS_BENCH_WARMUP_SECONDS:-5}
+H_ROUNDS=${TS_BENCH_ROUNDS:-1}
+H_WWN=naa.50014050000000b1
+H_SIDE= H_SD= H_SESSION=0 H_TS_OUTS=() RUNNER=
+_h_bus_owned() {
+  dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.NameHasOwner \
+    string:org.kernel.TCMUService1 2>/dev/null | grep -q 'boolean true'
+}
+_h_bus_free() { ! _h_bus_owned; }
+# h_disk NAME HANDLER: create and enable the bench backstore, export it through tcm_loop;
+# prints the disk (sdX)
+h_disk() {
+  local dir=$CFG/core/user_0/$1
+  tk_user_dev "$dir" "$2/$H_FILE" $RAM_SIZE hw_max_sectors=256 attrib/emulate_write_cache=$H_WCE || return 1
+  tk_loop_export "$dir" "$H_WWN"
+}
+# h_up ts|tr: start that side's daemon and create its bench disk (H_SD, empty on failure)
+h_up() {
+  local t0=$EPOCHREALTIME what ct
+  H_SESSION=$((H_SESSION + 1)) H_SIDE=$1 H_SD=
+  tk_wait 10 _h_bus_free || tk_log "H org.kernel.TCMUService1 still owned before session $H_SESSION"
+  if [ "$1" = ts ]; then
+    if ts_start && ts_alive; then
+      tk_pass "H $H_SESSION tcmu-ts started" "pid $TS_PID"
+    else
+      tk_fail "H $H_SESSION tcmu-ts started" "$(tail -5 "$TS_OUT" | tr '\n' ' ')"; return 1
+    fi
+    H_TS_OUTS+=("$TS_OUT")
+    H_SD=$(h_disk tsbench file)
+    what="tsbench (tcmu-ts, file handler)"
+  else
+    mkdir -p /tmp/tr-log
+    tcmu-runner -l /tmp/tr-log >>"$TCMU_OUT/tcmu-runner.out" 2>&1 &
+    RUNNER=$!
+    if tk_wait 30 _h_bus_owned; then
+      tk_pass "H $H_SESSION tcmu-runner ready (owns org.kernel.TCMUService1)" "pid $RUNNER"
+    else
+      tk_fail "H $H_SESSION tcmu-runner ready (owns org.kernel.TCMUService1)" "not within 30 s"; return 1
+    fi
+    H_SD=$(h_disk trbench qcow)
+    what="trbench (tcmu-runner, qcow handler on a raw file)"
   fi
-  kill "$RUNNER"; wait "$RUNNER" 2>/dev/null
+  tk_match "H $H_SESSION create $what, tcm_loop disk" '^sd[a-z]+$' "$H_SD"
+  if [ -n "$H_SD" ]; then
+    read -r ct </sys/block/$H_SD/device/scsi_disk/*/cache_type
+    tk_log "H $H_SESSION /dev/$H_SD: max_sectors_kb $(</sys/block/$H_SD/queue/max_sectors_kb), cache_type $ct (emulate_write_cache=$H_WCE)"
+  fi
+  tk_timing "H_${H_SESSION}_${1}_up" "$(tk_since "$t0")"
+  [ -n "$H_SD" ] || return 1
+  # untimed warm-up, both block sizes: no measured job pays for a daemon's cold start
+  # (JIT, first touch of the data area and of the file's pages)
+  t0=$EPOCHREALTIME
+  fio --name=warmup --filename="/dev/$H_SD" "${H_FIO[@]}" --runtime=$H_WARM_S --ramp_time=0 --bsrange=4k-128k --iodepth=8 \
+    --output-format=json --output=/tmp/warmup.json 2>/dev/null || tk_log "H $H_SESSION warm-up fio failed"
+  tk_timing "H_${H_SESSION}_${1}_warmup" "$(tk_since "$t0")"
+}
+# h_rm NAME: remove the bench disk's tcm_loop export and backstore (bash only: a CLI run
+# costs seconds of node start-up under TCG)
+h_rm() {
+  [ -d "$CFG/loopback/$H_WWN" ] && { tk_loop_remove "$H_WWN" || return 1; }
+  [ -d "$CFG/core/user_0/$1" ] && { rmdir "$CFG/core/user_0/$1" || return 1; }
+  return 0
+}
+# h_down: delete the bench disk, stop the daemon
+h_down() {
+  local t0=$EPOCHREALTIME rc
+  if [ "$H_SIDE" = ts ]; then
+    h_rm tsbench; tk_eq "H $H_SESSION remove tsbench" 0 $?
+    ts_stop; tk_eq "H $H_SESSION tcmu-ts stops on SIGTERM with status 0" 0 $?
+  elif [ "$H_SIDE" = tr ]; then
+    h_rm trbench; tk_eq "H $H_SESSION remove trbench" 0 $?
+    kill "$RUNNER" 2>/dev/null; wait "$RUNNER" 2>/dev/null; rc=$?
+    tk_log "H $H_SESSION tcmu-runner exit status $rc after SIGTERM"
+  fi
+  tk_timing "H_${H_SESSION}_${H_SIDE}_down" "$(tk_since "$t0")"
+  H_SIDE= H_SD=
+}
+if phase H; then
+  t0h=$EPOCHREALTIME
+  dd if=/dev/zero of=$H_FILE bs=1M count=$((RAM_SIZE / MB)) status=none
+  first0=ts
+  [ "${TS_BENCH_FIRST:-tcmu-ts}" = tcmu-runner ] && first0=tr
+  : >"$TCMU_OUT/compare.tsv"
+  order=()
+  for ((r = 1; r <= H_ROUNDS; r++)); do
+    first=$first0   # odd rounds as TS_BENCH_FIRST says, even rounds mirrored
+    (( r % 2 == 0 )) && { [ $first0 = ts ] && first=tr || first=ts; }
+    for j in "${H_JOBS[@]}"; do
+      IFS=: read -r name bs qd <<<"$j"
+      id=$name; [ "$H_ROUNDS" -gt 1 ] && id=$name-r$r
+      if [ $first = ts ]; then order+=("ts:$id:$bs:$qd" "tr:$id:$bs:$qd"); first=tr; else order+=("tr:$id:$bs:$qd" "ts:$id:$bs:$qd"); first=ts; fi
+      what="${bs/k/ KiB} randrw QD$qd, $BENCH_S s, file vs qcow-raw on tmpfs, WCE $H_WCE"
+      # label, A, B [, group: rows with the same group are also summed up across rounds]
+      printf 'tcmu-ts / tcmu-runner, %s%s, %s first\tbench-%s-tcmu-ts\tbench-%s-tcmu-runner%s\n' "$what" \
+        "$([ "$H_ROUNDS" -gt 1 ] && echo ", round $r")" "$([ ${order[-2]%%:*} = ts ] && echo tcmu-ts || echo tcmu-runner)" "$id" "$id" \
+        "$([ "$H_ROUNDS" -gt 1 ] && printf '\t%s' "tcmu-ts / tcmu-runner, $what, $H_ROUNDS rounds")" >>"$TCMU_OUT/compare.tsv"
+    done
+  done
+  tk_log "H order: ${order[*]}"
+  for o in "${order[@]}"; do
+    IFS=: read -r side id bs qd <<<"$o"
+    who=$([ "$side" = ts ] && echo tcmu-ts || echo tcmu-runner)
+    if [ "$side" != "$H_SIDE" ]; then
+      [ -n "$H_SIDE" ] && h_down
+      h_up "$side"
+    fi
+    if [ -n "$H_SD" ]; then
+      ts_fio "bench-$id-$who" --filename="/dev/$H_SD" "${H_FIO[@]}" --bs=$bs --iodepth=$qd
+      tk_eq "H fio $bs randrw QD$qd through $who" 0 $?
+    else
+      tk_fail "H fio $bs randrw QD$qd through $who" "no bench disk"
+    fi
+  done
+  h_down
+  rmdir "$CFG/core/user_0" 2>/dev/null
   cp /tmp/tr-log/tcmu-runner.log "$TCMU_OUT/" 2>/dev/null
-  printf 'tcmu-ts / tcmu-runner, 4 KiB randrw QD8, %s s, file vs qcow-raw on tmpfs\tbench-tcmu-ts\tbench-tcmu-runner\n' "$BENCH_S" >"$TCMU_OUT/compare.tsv"
+  errs=$(grep -h '\[ERROR\]' "${H_TS_OUTS[@]}" 2>/dev/null)
+  if [ -z "$errs" ]; then tk_pass "H no ERROR in tcmu-ts's log (bench sessions)"; else tk_fail "H no ERROR in tcmu-ts's log (bench sessions)" "$(printf '%s' "$errs" | head -3 | tr '\n' ' ')"; fi
+  tk_timing H_total "$(tk_since "$t0h")"
 fi
 
 ts_kernel_log_clean
