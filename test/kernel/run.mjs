@@ -54,14 +54,15 @@ const readEnv = (file) => Object.fromEntries(existsSync(file)
   : []);
 
 // Host CPU the run did not use itself: busy time in /proc/stat minus this process and its
-// waited-for children (run.sh, qemu), in USER_HZ ticks. On a shared host the guest's
+// waited-for children (run.sh, qemu), in USER_HZ ticks, and the steal time (when the host
+// is itself a VM). On a shared host the guest's
 // figures (fio above all) depend on it: the report shows it next to them.
 function hostCpuSample() {
   try {
     const c = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
     const st = readFileSync('/proc/self/stat', 'utf8');
     const f = st.slice(st.lastIndexOf(')') + 2).split(' ').map(Number); // f[0] is field 3 (state)
-    return { busy: c[0] + c[1] + c[2] + c[5] + c[6] + (c[7] || 0), own: f[11] + f[12] + f[13] + f[14], t: performance.now(), load1: loadavg()[0] };
+    return { busy: c[0] + c[1] + c[2] + c[5] + c[6], steal: c[7] || 0, own: f[11] + f[12] + f[13] + f[14], t: performance.now(), load1: loadavg()[0] };
   } catch {
     return null;
   }
@@ -70,7 +71,8 @@ function hostLoad(a, b) {
   if (!a || !b) return null;
   const s = (b.t - a.t) / 1000;
   return { cores: cpus().length, load1Start: Number(a.load1.toFixed(2)), load1End: Number(b.load1.toFixed(2)),
-    otherCpuCores: s > 0 ? Number(Math.max(0, (b.busy - a.busy - (b.own - a.own)) / 100 / s).toFixed(2)) : null };
+    otherCpuCores: s > 0 ? Number(Math.max(0, (b.busy - a.busy - (b.own - a.own)) / 100 / s).toFixed(2)) : null,
+    stealCores: s > 0 ? Number(((b.steal - a.steal) / 100 / s).toFixed(2)) : null };
 }
 
 if (process.platform !== 'linux' || process.getuid?.() !== 0) {
@@ -154,7 +156,7 @@ function printSummary(r) {
   out.push(`\n== ${r.scenario}: ${r.verdict.toUpperCase()} (exit ${r.status}), ${r.passed} checks passed, ${r.failed} failed`);
   out.push(`   kernel ${r.kernel}, node ${r.node}; prepare ${r.prepareSeconds === null ? 'skipped' : `${r.prepareSeconds} s`}, boot+scenario+poweroff ${r.hostWallSeconds} s host wall clock`);
   if (r.git) out.push(`   tree: ${r.git.head}${r.git.packagesChanged ? ` + ${r.git.packagesChanged} changed paths under packages/` : ''}`);
-  if (r.hostLoad) out.push(`   host: ${r.hostLoad.cores} cores; other processes used ${r.hostLoad.otherCpuCores} cores on average during the run, 1-min load ${r.hostLoad.load1Start} -> ${r.hostLoad.load1End}`);
+  if (r.hostLoad) out.push(`   host: ${r.hostLoad.cores} cores; other processes used ${r.hostLoad.otherCpuCores} cores on average during the run, hypervisor steal ${r.hostLoad.stealCores}, 1-min load ${r.hostLoad.load1Start} -> ${r.hostLoad.load1End}`);
   if (t.kernel_to_stage1 !== undefined) {
     out.push(`   guest uptime: /init ${t.kernel_to_stage1} s, root switched ${t.kernel_to_stage2} s, modules loaded ${t.modules_loaded_at ?? '-'} s, scenario ${t.scenario_start ?? '-'}..${t.scenario_end ?? '-'} s`);
   }
@@ -180,7 +182,7 @@ function toMarkdown(r) {
     `- exit status: ${r.status}; checks: ${r.passed} passed, ${r.failed} failed`,
     `- prepare: ${r.prepareSeconds === null ? 'skipped' : `${r.prepareSeconds} s`}; boot + scenario + power-off: ${r.hostWallSeconds} s (host wall clock)`,
     ...(r.git ? [`- tree: ${r.git.head}${r.git.packagesChanged ? ` + ${r.git.packagesChanged} changed paths under packages/ (uncommitted)` : ''}`] : []),
-    ...(r.hostLoad ? [`- host: ${r.hostLoad.cores} cores; other processes used ${r.hostLoad.otherCpuCores} cores on average during the run (1-min load ${r.hostLoad.load1Start} -> ${r.hostLoad.load1End}); timings and fio figures depend on it`] : []),
+    ...(r.hostLoad ? [`- host: ${r.hostLoad.cores} cores; other processes used ${r.hostLoad.otherCpuCores} cores on average during the run, hypervisor steal ${r.hostLoad.stealCores} (1-min load ${r.hostLoad.load1Start} -> ${r.hostLoad.load1End}); timings and fio figures depend on it`] : []),
     `- logs: \`${r.runDir}/\` (console.log, scenario.log, dmesg.txt)`,
     '',
     '## Timings (seconds; guest uptime for boot phases)',

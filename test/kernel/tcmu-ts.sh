@@ -29,7 +29,7 @@
 # TS_BENCH_WARMUP_SECONDS (untimed fio at every daemon start in H, default 5),
 # TS_BENCH_ROUNDS (H's three jobs N times, each round in the mirrored order of the one before, default 1),
 # TS_ISCSI_CACHE_DYNAMIC_ACLS (G, default 1).
-# Phase H alone (A and Z always run): node test/kernel/run.mjs --skip-prepare --timeout 900 --env TS_PHASES=H test/kernel/tcmu-ts.sh
+# Phase H alone (A and Z always run): node test/kernel/run.mjs --skip-prepare --timeout 900 --env TS_PHASES=H [--env TS_BENCH_ROUNDS=2] test/kernel/tcmu-ts.sh
 . "$TCMU_REPO/test/kernel/lib.sh"
 . "$TCMU_REPO/test/kernel/tcmu-ts-lib.sh"
 
