@@ -161,6 +161,44 @@ describe('file handler', () => {
     await wt.dh.flush();
   });
 
+  it('write-through writes share fdatasyncs (group commit), and none completes before a sync that started after its data', async () => {
+    const img = path.join(dir, 'wt.img');
+    const { dh } = await open(img, 2048, false);
+    // Hold every fdatasync until the test lets it go, counting them.
+    const syncs: { release: () => void; done: boolean }[] = [];
+    const real = dh.fh.datasync.bind(dh.fh);
+    (dh.fh as { datasync: () => Promise<void> }).datasync = () => {
+      const s = { release: () => {}, done: false };
+      syncs.push(s);
+      return new Promise<void>((resolve, reject) => {
+        s.release = () => real().then(() => { s.done = true; resolve(); }, reject);
+      });
+    };
+    const settled = new Set<number>();
+    const write = (i: number) => Promise.resolve(dh.write(io(i * 8, [8 * BS], pattern(8 * BS, i)))).then(() => settled.add(i));
+    const first = write(0);
+    await new Promise((r) => setImmediate(r));
+    expect(syncs.length).to.equal(1);
+    // Sixteen more arrive while the first sync runs: their data came after it started.
+    const more = Array.from({ length: 16 }, (_, i) => write(i + 1));
+    await new Promise((r) => setImmediate(r));
+    expect(syncs.length, 'one queued sync serves them all, started only when the first ends').to.equal(1);
+    syncs[0].release();
+    await first;
+    expect(settled.has(0)).to.equal(true);
+    for (let i = 0; i < 20 && syncs.length < 2; i++) await new Promise((r) => setImmediate(r));
+    expect(syncs.length).to.equal(2);
+    expect([...settled]).to.deep.equal([0]);
+    syncs[1].release();
+    await Promise.all(more);
+    expect(syncs.length).to.equal(2);
+    expect(settled.size).to.equal(17);
+    const back = io(0, [17 * 8 * BS]);
+    await dh.read(back);
+    const got = flattenBuffers(back.buffers);
+    for (let i = 0; i < 17; i++) expect(got.subarray(i * 8 * BS, (i + 1) * 8 * BS)).to.deep.equal(pattern(8 * BS, i));
+  });
+
   it('unmap punches holes: the data reads as zeros and the file gives its blocks back', async () => {
     const img = path.join(dir, 'punch.img');
     const { dh } = await open(img, 16384); // 8 MiB

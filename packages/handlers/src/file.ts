@@ -142,6 +142,9 @@ export class FileDevice implements DeviceHandler {
    * where a slow medium must not hold up the ring.
    */
   private readonly inline: boolean;
+  /** The fdatasync under way, and the one queued behind it (see datasync()). */
+  private syncRunning: Promise<void> | undefined;
+  private syncQueued: Promise<void> | undefined;
 
   constructor(
     private readonly dev: HandlerDevice,
@@ -195,11 +198,35 @@ export class FileDevice implements DeviceHandler {
       if (!this.config.direct || (e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
       await this.writeAt(await this.bufferedHandle(), io.buffers, io.offset, io.length);
     }
-    if (io.fua || !this.writeCache) await this.fh.datasync();
+    if (io.fua || !this.writeCache) await this.datasync();
   }
 
   flush(): Promise<void> {
-    return this.fh.datasync();
+    return this.datasync();
+  }
+
+  /**
+   * fdatasync with group commit: every write whose data reached the file
+   * before a sync started is stable when that sync ends, so one sync in
+   * flight and one queued behind it serve any number of callers. A caller
+   * arriving while a sync runs joins the queued one, which starts only after
+   * the running one ends, i.e. after the caller's own write.
+   */
+  private datasync(): Promise<void> {
+    if (this.syncRunning === undefined) return this.startSync();
+    const start = () => {
+      this.syncQueued = undefined;
+      return this.startSync();
+    };
+    return (this.syncQueued ??= this.syncRunning.then(start, start));
+  }
+
+  private startSync(): Promise<void> {
+    const sync: Promise<void> = this.fh.datasync().finally(() => {
+      if (this.syncRunning === sync) this.syncRunning = undefined;
+    });
+    this.syncRunning = sync;
+    return sync;
   }
 
   async unmap(ranges: readonly LbaRange[]): Promise<void> {
@@ -226,14 +253,14 @@ export class FileDevice implements DeviceHandler {
       if (this.canZeroRange) {
         const err = await fallocate(this.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, io.offset, io.length);
         if (err === 0) {
-          if (io.fua || !this.writeCache) await this.fh.datasync();
+          if (io.fua || !this.writeCache) await this.datasync();
           return;
         }
         if (!isUnsupported(err)) throw err;
         this.canZeroRange = false;
       }
       await this.writeZeros(io.offset, io.length);
-      if (io.fua || !this.writeCache) await this.fh.datasync();
+      if (io.fua || !this.writeCache) await this.datasync();
       return;
     }
     await writeSameViaWrite(this, io, pattern);
@@ -250,7 +277,7 @@ export class FileDevice implements DeviceHandler {
         return;
       }
       case 'writecache':
-        if (this.writeCache && !change.enabled) await this.fh.datasync();
+        if (this.writeCache && !change.enabled) await this.datasync();
         this.writeCache = change.enabled;
         return;
       case 'config':
