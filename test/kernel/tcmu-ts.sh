@@ -27,6 +27,7 @@
 # TS_BENCH_FIRST (tcmu-ts or tcmu-runner: the side that runs H's first job first, default tcmu-ts),
 # TS_BENCH_WCE (attrib/emulate_write_cache of H's disks, default 1: write-back, as tcmu-runner's qcow),
 # TS_BENCH_WARMUP_SECONDS (untimed fio at every daemon start in H, default 5),
+# TS_BENCH_FILE_OPTIONS (appended to tcmu-ts's file cfgstring in H, e.g. ';threads=2'),
 # TS_BENCH_ROUNDS (H's three jobs N times, each round in the mirrored order of the one before, default 1),
 # TS_ISCSI_CACHE_DYNAMIC_ACLS (G, default 1).
 # Phase H alone (A and Z always run): node test/kernel/run.mjs --skip-prepare --timeout 900 --env TS_PHASES=H [--env TS_BENCH_ROUNDS=2] test/kernel/tcmu-ts.sh
@@ -482,11 +483,11 @@ _h_bus_owned() {
     string:org.kernel.TCMUService1 2>/dev/null | grep -q 'boolean true'
 }
 _h_bus_free() { ! _h_bus_owned; }
-# h_disk NAME HANDLER: create and enable the bench backstore, export it through tcm_loop;
+# h_disk NAME HANDLER [OPTIONS]: create and enable the bench backstore, export it through tcm_loop;
 # prints the disk (sdX)
 h_disk() {
   local dir=$CFG/core/user_0/$1
-  tk_user_dev "$dir" "$2/$H_FILE" $RAM_SIZE hw_max_sectors=256 attrib/emulate_write_cache=$H_WCE || return 1
+  tk_user_dev "$dir" "$2/$H_FILE$3" $RAM_SIZE hw_max_sectors=256 attrib/emulate_write_cache=$H_WCE || return 1
   tk_loop_export "$dir" "$H_WWN"
 }
 # h_up ts|tr: start that side's daemon and create its bench disk (H_SD, empty on failure)
@@ -501,7 +502,7 @@ h_up() {
       tk_fail "H $H_SESSION tcmu-ts started" "$(tail -5 "$TS_OUT" | tr '\n' ' ')"; return 1
     fi
     H_TS_OUTS+=("$TS_OUT")
-    H_SD=$(h_disk tsbench file)
+    H_SD=$(h_disk tsbench file "${TS_BENCH_FILE_OPTIONS:-}")
     what="tsbench (tcmu-ts, file handler)"
   else
     mkdir -p /tmp/tr-log
