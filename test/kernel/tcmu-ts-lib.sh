@@ -31,7 +31,8 @@ ts_start() {
   TS_START_N=$((TS_START_N + 1))
   TS_OUT=$TCMU_OUT/tcmu-ts-$TS_START_N.out
   : >"$TS_OUT"
-  node "$TS_CLI_JS" -l "$TS_LOGDIR" "$@" >"$TS_OUT" 2>&1 &
+  # TS_CPU_PROF=1: V8 CPU profiles of every daemon thread in $TCMU_OUT/prof (bench/dist/prof-summary.js reads them).
+  node ${TS_CPU_PROF:+--cpu-prof --cpu-prof-interval 500 --cpu-prof-dir="$TCMU_OUT/prof"} "$TS_CLI_JS" -l "$TS_LOGDIR" "$@" >"$TS_OUT" 2>&1 &
   TS_PID=$!
   tk_wait 60 _ts_ready
 }

@@ -27,6 +27,7 @@
 # TS_BENCH_FIRST (tcmu-ts or tcmu-runner: the side that runs H's first job first, default tcmu-ts),
 # TS_BENCH_WCE (attrib/emulate_write_cache of H's disks, default 1: write-back, as tcmu-runner's qcow),
 # TS_BENCH_WARMUP_SECONDS (untimed fio at every daemon start in H, default 5),
+# TS_CPU_PROF=1 (V8 CPU profiles of every tcmu-ts thread into the run's prof/; slows the daemon a lot, read shares not figures),
 # TS_BENCH_FILE_OPTIONS (appended to tcmu-ts's file cfgstring in H, e.g. ';threads=2'),
 # TS_BENCH_ROUNDS (H's three jobs N times, each round in the mirrored order of the one before, default 1),
 # TS_ISCSI_CACHE_DYNAMIC_ACLS (G, default 1).
