@@ -89,12 +89,14 @@ const RETRY_STATUS: Readonly<Record<number, FailureStatus>> = {
  * ERROR); anything else is a HARDWARE ERROR, INTERNAL TARGET FAILURE.
  */
 export function statusForError(err: unknown, direction: Direction = 'read', descriptor = false): FailureStatus {
-  if (err instanceof ScsiError) return { status: ScsiStatus.CHECK_CONDITION, sense: err.toSense(descriptor), known: true };
-  const code = errnoCode(err);
-  const entry = code === undefined ? undefined : ERRNO_TABLE[code];
+  const entry = tableEntry(err);
   if (typeof entry === 'number') return RETRY_STATUS[entry];
-  const e = entry ? entry(isWrite(direction)) : ScsiError.internalFailure(err);
-  return { status: ScsiStatus.CHECK_CONDITION, sense: e.toSense(descriptor), known: entry !== undefined };
+  return { status: ScsiStatus.CHECK_CONDITION, sense: scsiErrorFor(err, direction).toSense(descriptor), known: err instanceof ScsiError || entry !== undefined };
+}
+
+function tableEntry(err: unknown): (typeof ERRNO_TABLE)[string] | undefined {
+  const code = errnoCode(err);
+  return code === undefined ? undefined : ERRNO_TABLE[code];
 }
 
 /** The failure is one the initiator should retry (BUSY, TASK SET FULL) rather than see as an error. */
@@ -109,8 +111,7 @@ export function isResourceShortage(err: unknown): boolean {
  */
 export function scsiErrorFor(err: unknown, direction: Direction = 'read'): ScsiError {
   if (err instanceof ScsiError) return err;
-  const code = errnoCode(err);
-  const entry = code === undefined ? undefined : ERRNO_TABLE[code];
+  const entry = tableEntry(err);
   return typeof entry === 'function' ? entry(isWrite(direction)) : ScsiError.internalFailure(err);
 }
 

@@ -137,10 +137,9 @@ export function decodeRw(cdb: Uint8Array, out: RwFields = { lba: 0, blocks: 0, f
  * SBC-3 4.5: an access must lie entirely within the medium. Checked even for
  * zero blocks (an LBA past the end is still out of range), as LIO does.
  */
-export function checkRange(dev: ScsiDeviceInfo, lba: number | bigint, blocks: number): number {
-  const first = typeof lba === 'bigint' ? (lba > BigInt(Number.MAX_SAFE_INTEGER) ? Infinity : Number(lba)) : lba;
-  if (!(first + blocks <= Math.max(0, dev.numLbas))) throw ScsiError.lbaOutOfRange();
-  return first;
+export function checkRange(dev: ScsiDeviceInfo, lba: number, blocks: number): number {
+  if (!(lba + blocks <= Math.max(0, dev.numLbas))) throw ScsiError.lbaOutOfRange();
+  return lba;
 }
 
 /** Per-thread scratch for decodeRw: planning runs one command at a time. */

@@ -17,7 +17,7 @@ import {
   planCommand, requestSenseData, scsiErrorFor, sliceBuffers, sliceIovecs, writeSameViaWrite,
   MEDIA_ACCESS_OPCODES, PARAMETER_LIST_OPCODES, READ_ONLY_MEDIA_OPCODES,
   type AluaGroupInfo, type BlockIo, type Callout, type CompareAndWriteIo, type DeviceHandler, type IoVec,
-  type ScsiDeviceInfo, type ScsiPlan,
+  type RawResult, type ScsiDeviceInfo, type ScsiPlan,
 } from '@tcmu-ts/core';
 import { ScsiStatus } from '@tcmu-ts/ring/abi';
 import { AluaController } from './alua-controller.js';
@@ -199,7 +199,8 @@ export class CommandExecutor {
       if (this.h.handleCmd) this.offerToHandler(cmd);
       else this.plan(cmd);
     } catch (e) {
-      if (cmd.live) cmd.fail(e);
+      // A command already completed ignores this (DeviceEngine.fail).
+      cmd.fail(e);
     }
   }
 
@@ -207,26 +208,25 @@ export class CommandExecutor {
   private offerToHandler(cmd: Command): void {
     const r = this.h.handleCmd!({ cdb: cmd.cdb, buffers: cmd.buffers, iovecs: cmd.iovecs, length: cmd.dataLength });
     if (!pending(r)) {
-      if (r === undefined) this.plan(cmd);
-      else this.rawDone(cmd, r.status, r.sense, r.dataLength);
+      this.afterHandler(cmd, r);
       return;
     }
-    r.then(
-      (res) => {
-        try {
-          if (res === undefined) this.plan(cmd);
-          else this.rawDone(cmd, res.status, res.sense, res.dataLength);
-        } catch (e) {
-          if (cmd.live) cmd.fail(e);
-        }
-      },
-      cmd.failed,
-    );
+    r.then((res) => {
+      try {
+        this.afterHandler(cmd, res);
+      } catch (e) {
+        cmd.fail(e);
+      }
+    }, cmd.failed);
   }
 
-  private rawDone(cmd: Command, status: number, sense: Uint8Array | undefined, dataLength: number | undefined): void {
-    cmd.bytes = dataLength ?? 0;
-    cmd.done(status, sense, dataLength ?? -1);
+  private afterHandler(cmd: Command, res: RawResult | undefined): void {
+    if (res === undefined) {
+      this.plan(cmd);
+      return;
+    }
+    cmd.bytes = res.dataLength ?? 0;
+    cmd.done(res.status, res.sense, res.dataLength ?? -1);
   }
 
   private plan(cmd: Command): void {
