@@ -297,8 +297,9 @@ export class RingConsumer {
         dataLength += l;
       } else slot.setIovec(slot.bidiIovecs, i - iovCnt, off, l);
     }
-    slot.iovecs.length = iovCnt;
-    slot.bidiIovecs.length = bidiCnt;
+    // Writing length is not free even when it does not change: only when it does.
+    if (slot.iovecs.length !== iovCnt) slot.iovecs.length = iovCnt;
+    if (slot.bidiIovecs.length !== bidiCnt) slot.bidiIovecs.length = bidiCnt;
     // A copy: the entry holding the CDB is reused for completions.
     slot.setCdb(this.u8, cdbOff, cdbLen);
     slot.cmdId = cmdId;

@@ -151,23 +151,21 @@ export function readEvent(fd: number): number | null {
 export const WOKEN = 0x10000;
 
 /** struct pollfd[2]: the fd, then the wake fd (or -1, which poll() skips). */
-function fillPollfds(p: Uint8Array, fd: number, wakeFd: number): Uint8Array {
-  const dv = new DataView(p.buffer, p.byteOffset, 16);
+function fillPollfds(dv: DataView, fd: number, wakeFd: number): void {
   dv.setInt32(0, fd, true);
   dv.setInt16(4, POLLIN, true);
   dv.setInt16(6, 0, true);
   dv.setInt32(8, wakeFd, true);
   dv.setInt16(12, POLLIN, true);
   dv.setInt16(14, 0, true);
-  return p;
 }
-function reventsOf(p: Uint8Array): number {
-  const dv = new DataView(p.buffer, p.byteOffset, 16);
+function reventsOf(dv: DataView): number {
   return (dv.getInt16(6, true) & 0xffff) | (dv.getInt16(14, true) & POLLIN ? WOKEN : 0);
 }
 
 /** One pollfd pair per thread for the blocking poll: it is never in use twice at once. */
 const syncPollfds = new Uint8Array(16);
+const syncPollView = new DataView(syncPollfds.buffer);
 
 /**
  * Blocking poll for POLLIN on `fd` (and on `wakeFd` when >= 0); returns
@@ -175,14 +173,14 @@ const syncPollfds = new Uint8Array(16);
  * threads that may block.
  */
 export function pollInSync(fd: number, timeoutMs: number, wakeFd = -1): number {
-  const p = fillPollfds(syncPollfds, fd, wakeFd);
-  const rc = Number(c.poll(p, 2, timeoutMs));
+  fillPollfds(syncPollView, fd, wakeFd);
+  const rc = Number(c.poll(syncPollfds, 2, timeoutMs));
   if (rc < 0) {
     const err = koffi.errno();
     if (err === EINTR) return 0;
     throw new SysError('poll', err);
   }
-  return rc === 0 ? 0 : reventsOf(p);
+  return rc === 0 ? 0 : reventsOf(syncPollView);
 }
 
 /**
@@ -190,12 +188,14 @@ export function pollInSync(fd: number, timeoutMs: number, wakeFd = -1): number {
  * keeps running. Resolves as pollInSync returns.
  */
 export function pollIn(fd: number, timeoutMs: number, wakeFd = -1): Promise<number> {
-  const p = fillPollfds(new Uint8Array(16), fd, wakeFd);
+  const p = new Uint8Array(16);
+  const dv = new DataView(p.buffer);
+  fillPollfds(dv, fd, wakeFd);
   return new Promise((resolve, reject) => {
     c.poll.async(p, 2, timeoutMs, (err: unknown, rc: number) => {
       if (err) return reject(err);
       if (rc < 0) return resolve(0);
-      resolve(rc === 0 ? 0 : reventsOf(p));
+      resolve(rc === 0 ? 0 : reventsOf(dv));
     });
   });
 }

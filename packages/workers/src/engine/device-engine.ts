@@ -161,7 +161,6 @@ export class DeviceEngine implements CommandSink {
         // and the batch's kick before deciding how to wait.
         await setImmediateTurn();
         lastYield = performance.now();
-        if (this.consumer.hasWork()) continue;
       } else if (performance.now() - lastYield >= YIELD_EVERY_MS) {
         // Constant load keeps the ring busy: let messages and timers in now and then.
         await setImmediateTurn();
@@ -298,7 +297,7 @@ export class DeviceEngine implements CommandSink {
     this.inFlight++;
     const iovs = cmd.iovecs;
     const bufs = cmd.buffers;
-    bufs.length = iovs.length;
+    if (bufs.length !== iovs.length) bufs.length = iovs.length;
     for (let i = 0; i < iovs.length; i++) bufs[i] = new Uint8Array(this.map, iovs[i].offset, iovs[i].length);
     if (this.o.cmdTimeOutMs) this.track(cmd);
   }
