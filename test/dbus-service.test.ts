@@ -11,7 +11,7 @@ import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import dbus from 'dbus-next';
 import type { MessageBus } from 'dbus-next';
-import { HandlerRegistry, configError, configOk, defineHandler, type Handler } from '@tcmu-ts/core';
+import { BUILTIN_HANDLERS, HandlerRegistry, configError, configOk, defineHandler, type Handler } from '@tcmu-ts/core';
 import { startDbusService, DbusServiceError, type DbusService, type ExternalHandlerEvent } from '@tcmu-ts/workers/dbus/service';
 import { isExternalDbusHandler } from '@tcmu-ts/workers/dbus/external-handler';
 import { SERVICE_NAME, ROOT_PATH, MANAGER_PATH } from '@tcmu-ts/workers/dbus/names';
@@ -19,6 +19,8 @@ import { ACTIVATION_FILE, POLICY_FILE, SYSTEMD_UNIT, haveCommand, startTestBus, 
 import { FixtureProcess, Recorder } from './fixtures/child.js';
 import { AS_NOBODY, fixturesForAll, type FixturesForAll } from './fixtures/other-users.js';
 
+/** Every built-in handler is published, in name order. */
+const BUILTINS = [...BUILTIN_HANDLERS].sort();
 const EXTERNAL_FIXTURE = 'dbus-external-handler.js';
 const fixture = (name: string): string => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
@@ -137,14 +139,14 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
 
   it('owns org.kernel.TCMUService1 and lists each handler as /org/kernel/TCMUService1/<subtype> with ConfigDesc', async () => {
     const objects = await managed();
-    expect(Object.keys(objects).sort()).to.deep.equal([`${ROOT_PATH}/file`, `${ROOT_PATH}/ram`]);
-    for (const h of ['file', 'ram']) {
+    expect(Object.keys(objects).sort()).to.deep.equal(BUILTINS.map((h) => `${ROOT_PATH}/${h}`));
+    for (const h of BUILTINS) {
       expect(Object.keys(objects[`${ROOT_PATH}/${h}`])).to.deep.equal(['org.kernel.TCMUService1']);
       expect(objects[`${ROOT_PATH}/${h}`]['org.kernel.TCMUService1'].ConfigDesc.value).to.equal(registry.get(h)!.configDescription);
     }
     // The manager object is beside the ObjectManager, not under it: targetcli would take it for a handler.
     expect(objects).not.to.have.property(MANAGER_PATH);
-    expect(service.exportedSubtypes()).to.deep.equal(['file', 'ram']);
+    expect(service.exportedSubtypes()).to.deep.equal(BUILTINS);
 
     const r = await gdbus(bus.address, ROOT_PATH, 'org.freedesktop.DBus.ObjectManager.GetManagedObjects');
     expect(r.code, r.stderr).to.equal(0);
@@ -192,7 +194,7 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
     const set = await gdbus(bus.address, `${ROOT_PATH}/ram`, 'org.freedesktop.DBus.Properties.Set', ['org.kernel.TCMUService1', 'ConfigDesc', "<'x'>"], true);
     expect(set.stderr).to.contain('org.freedesktop.DBus.Error.AccessDenied');
     expect(registry.has('evil')).to.equal(false);
-    expect(service.exportedSubtypes()).to.deep.equal(['file', 'ram']);
+    expect(service.exportedSubtypes()).to.deep.equal(BUILTINS);
   });
 
   it('refuses a user other than root the service name and the HandlerManager1.<subtype> names', async () => {

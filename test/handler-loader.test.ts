@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { HandlerLoadError, HandlerRegistry, loadHandler, validateHandler, type Handler } from '@tcmu-ts/core';
+import { BUILTIN_HANDLERS, HandlerLoadError, HandlerRegistry, loadHandler, validateHandler, type Handler } from '@tcmu-ts/core';
 import { fileHandler, ramHandler } from '@tcmu-ts/handlers';
 
 /** A self-contained handler module body (no imports, so it loads from any directory). */
@@ -118,15 +118,15 @@ describe('handler registry', () => {
   it('dispatches full cfgstrings to the handler of their subtype', async () => {
     const reg = new HandlerRegistry();
     await reg.loadBuiltins();
-    expect(reg.list().map((h) => h.subtype)).to.deep.equal(['ram', 'file']);
+    expect(reg.list().map((h) => h.subtype)).to.deep.equal([...BUILTIN_HANDLERS]);
     const { handler, config } = reg.resolve('file//var/lib/disk.img');
     expect(handler).to.equal(fileHandler);
     expect(config).to.equal('/var/lib/disk.img');
     expect(reg.checkConfig('ram/1G')).to.deep.equal({ ok: true });
     expect(reg.checkConfig('ram/x;chunk=3')).to.have.property('ok', false);
-    expect(reg.checkConfig('rbd/pool/img')).to.deep.equal({
+    expect(reg.checkConfig('nope/pool/img')).to.deep.equal({
       ok: false,
-      reason: 'no handler for subtype "rbd" (registered: ram, file)',
+      reason: `no handler for subtype "nope" (registered: ${BUILTIN_HANDLERS.join(', ')})`,
     });
   });
 

@@ -11,7 +11,7 @@ import { pathToFileURL } from 'node:url';
 import { splitCfgstring, configError, type ConfigCheck, type Handler } from './handler.js';
 
 /** Subtypes shipped in @tcmu-ts/handlers. */
-export const BUILTIN_HANDLERS: readonly string[] = Object.freeze(['ram', 'file']);
+export const BUILTIN_HANDLERS: readonly string[] = Object.freeze(['ram', 'file', 'rbd']);
 
 // A variable, not a literal: core must not depend on handlers at build time
 // (handlers depends on core), only find it at run time.
@@ -312,6 +312,14 @@ export class HandlerRegistry {
     }
   }
 
+  /** checkConfig, then the handler's probeConfig when it has one: the whole verdict on a cfgstring. */
+  async probeConfig(cfgstring: string): Promise<ConfigCheck> {
+    const syntax = this.checkConfig(cfgstring);
+    if (!syntax.ok) return syntax;
+    const r = this.resolve(cfgstring);
+    return probeConfig(r.handler, r.config);
+  }
+
   async load(spec: string, opts: LoadHandlerOptions & { replace?: boolean } = {}): Promise<Handler> {
     return this.register(await loadHandler(spec, opts), opts);
   }
@@ -356,5 +364,16 @@ export class HandlerRegistry {
       }
     }
     return result;
+  }
+}
+
+/** A handler's checkConfig and then its probeConfig (when it has one), failures turned into verdicts. */
+export async function probeConfig(handler: Handler, config: string): Promise<ConfigCheck> {
+  try {
+    const syntax = handler.checkConfig(config);
+    if (!syntax.ok || !handler.probeConfig) return syntax;
+    return await handler.probeConfig(config);
+  } catch (e) {
+    return configError(`${handler.subtype}: checkConfig failed: ${e instanceof Error ? e.message : String(e)}`);
   }
 }

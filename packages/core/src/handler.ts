@@ -281,7 +281,29 @@ export interface DeviceHandler {
   getLockTag?(): Promise<number | null>;
   /** Whether this node holds the lock right now. */
   getLockState?(): Promise<HandlerLockState>;
+  /** Optional. Read once after open(): what the medium's geometry asks initiators to do. */
+  readonly limits?: DeviceLimits;
   close(): Promise<void>;
+}
+
+/**
+ * What a device tells initiators about its medium, once open (tcmu-runner's
+ * tcmu_dev_set_* calls from a handler's open). Every field is optional; the
+ * engine's defaults stand for what is absent.
+ */
+export interface DeviceLimits {
+  /** MAXIMUM UNMAP LBA COUNT in the Block Limits VPD page. */
+  readonly maxUnmapBlocks?: number;
+  /** OPTIMAL UNMAP GRANULARITY, in blocks. */
+  readonly unmapGranularity?: number;
+  /** UNMAP GRANULARITY ALIGNMENT, in blocks. */
+  readonly unmapGranularityAlignment?: number;
+  /** Unmapped blocks read back as zeros (LBPRZ). Default: true when unmap() exists. */
+  readonly unmapReadsZeros?: boolean;
+  /** OPTIMAL TRANSFER LENGTH, in blocks. */
+  readonly optimalTransferBlocks?: number;
+  /** The medium refuses writes (a snapshot): WP set, writes answered DATA PROTECT. */
+  readonly writeProtect?: boolean;
 }
 
 /** A handler type, registered by subtype. */
@@ -293,6 +315,13 @@ export interface Handler {
   readonly configDescription: string;
   /** Cheap, side-effect free validation of the handler's part of a cfgstring. */
   checkConfig(cfgstring: string): ConfigCheck;
+  /**
+   * Optional. The check that needs the backend (does the pool and image
+   * exist?), run after checkConfig passed: for DBus CheckConfig, a device
+   * being added, a new dev_config. Runs on the supervisor thread, so it
+   * must not block it; no side effects.
+   */
+  probeConfig?(cfgstring: string): Promise<ConfigCheck>;
   /** `reopen` is true when the engine recovers a device it had open before. */
   open(dev: HandlerDevice, reopen: boolean): Promise<DeviceHandler>;
   /**

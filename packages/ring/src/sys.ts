@@ -71,6 +71,8 @@ export function memfdCreate(name: string, size: number): number {
 export interface SharedMap {
   readonly buffer: ArrayBuffer;
   readonly size: number;
+  /** Where the mapping starts in this process, for native libraries handed pointers into it (librbd's iovecs). */
+  readonly address: number;
   unmap(): void;
 }
 
@@ -83,6 +85,7 @@ export function mapShared(fd: number, size: number): SharedMap {
   return {
     buffer,
     size,
+    address: Number(address),
     unmap() {
       if (!mapped) return;
       mapped = false;

@@ -9,7 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { constants as osConstants } from 'node:os';
-import { splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
+import { probeConfig, splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
 import {
   TcmuConfigfsDevice, TcmuNetlink, readUioDevice, scanUioDevices, type ConfigfsIo, type Logger, type UioDevice,
 } from '@tcmu-ts/core/host';
@@ -146,7 +146,7 @@ export class Daemon {
       log.error(`${uio.uio}: no handler for subtype "${subtype}" (have: ${[...this.o.handlerSources.keys()].join(', ') || 'none'}); leaving it alone`);
       return -errno.ENOENT;
     }
-    const check = handler.checkConfig(uio.name.cfgstring);
+    const check = await probeConfig(handler, uio.name.cfgstring);
     if (!check.ok) {
       log.error(`${uio.uio}: bad configuration "${uio.name.cfgstring}": ${check.reason}`);
       return -errno.EINVAL;
@@ -229,7 +229,8 @@ export class Daemon {
       case 'dev_config': {
         const { subtype, config } = splitCfgstring(r.devConfig);
         if (subtype !== s.uio.name.subtype) return -errno.EINVAL; // the kernel keeps the subtype in the uio name
-        const check = this.o.registry.get(subtype)?.checkConfig(config);
+        const known = this.o.registry.get(subtype);
+        const check = known ? await probeConfig(known, config) : undefined;
         if (!check?.ok) {
           log.error(`new dev_config "${r.devConfig}" refused: ${check ? check.reason : 'no handler'}`);
           return -errno.EINVAL;

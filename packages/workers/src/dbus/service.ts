@@ -48,7 +48,7 @@
 import { EventEmitter } from 'node:events';
 import dbus from 'dbus-next';
 import type { MessageBus, Message as DbusMessage } from 'dbus-next';
-import type { Handler, HandlerRegistry } from '@tcmu-ts/core';
+import { probeConfig, type Handler, type HandlerRegistry } from '@tcmu-ts/core';
 import { ExternalDbusHandler, isExternalDbusHandler } from './external-handler.js';
 import {
   HANDLER_INTERFACE,
@@ -315,7 +315,7 @@ class TcmuDbusService implements DbusService {
     }
     const check = isExternalDbusHandler(h)
       ? (cfg: string) => this.forwardCheckConfig(h.subtype, cfg)
-      : (cfg: string) => Promise.resolve(this.localCheckConfig(h, cfg));
+      : (cfg: string) => this.localCheckConfig(h, cfg);
     const object = new HandlerObject(h, check);
     const path = handlerPath(h.subtype);
     this.bus.export(path, object);
@@ -364,15 +364,11 @@ class TcmuDbusService implements DbusService {
    * hands it to its handler as is); our handlers take only the part after
    * "<subtype>/", so that prefix is removed when present.
    */
-  private localCheckConfig(h: Handler, cfgstring: string): Reply {
+  private async localCheckConfig(h: Handler, cfgstring: string): Promise<Reply> {
     const prefix = `${h.subtype}/`;
     const config = cfgstring.startsWith(prefix) ? cfgstring.slice(prefix.length) : cfgstring;
-    try {
-      const r = h.checkConfig(config);
-      return r.ok ? [true, 'success'] : [false, r.reason || 'unknown'];
-    } catch (e) {
-      return [false, `${h.subtype}: checkConfig failed: ${errorText(e)}`];
-    }
+    const r = await probeConfig(h, config);
+    return r.ok ? [true, 'success'] : [false, r.reason || 'unknown'];
   }
 
   /** tcmu-runner's on_dbus_check_config: the same call, on the external handler's name. */

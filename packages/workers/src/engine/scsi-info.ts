@@ -18,6 +18,7 @@ function cloneAlua(a: AluaInfo | undefined): AluaInfo | undefined {
  *  - compareAndWrite(), or read() and write(): COMPARE AND WRITE of 1 block.
  *  - write() or writeSame(): WRITE SAME up to FFFFFFFFh blocks.
  *  - read() and write(): EXTENDED COPY (3PC).
+ * What the handler's `limits` say overrides these defaults (rbd: its object size).
  * D_SENSE is changeable by MODE SELECT.
  */
 export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: DeviceHandler): ScsiDeviceInfo {
@@ -25,6 +26,7 @@ export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: De
   const unmap = typeof h.unmap === 'function';
   const rw = typeof h.read === 'function' && typeof h.write === 'function';
   const alua = cloneAlua(spec.alua);
+  const limits = h.limits ?? {};
   return createDeviceInfo({
     blockSize: spec.blockSize,
     numLbas,
@@ -38,11 +40,13 @@ export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: De
       ? {
           lbpu: unmap,
           lbpws: unmap,
-          lbprz: unmap,
-          maxUnmapLbaCount: unmap ? TCMU_RUNNER_LIMITS.maxUnmapLbaCount : 0,
+          lbprz: unmap && (limits.unmapReadsZeros ?? true),
+          maxUnmapLbaCount: unmap ? limits.maxUnmapBlocks ?? TCMU_RUNNER_LIMITS.maxUnmapLbaCount : 0,
           maxUnmapDescriptors: unmap ? TCMU_RUNNER_LIMITS.maxUnmapDescriptors : 0,
-          optimalUnmapGranularity: unmap ? spec.maxXferBlocks : 0,
-          ...(unmap ? { unmapGranularityAlignment: 0 } : {}),
+          optimalUnmapGranularity: unmap ? limits.unmapGranularity ?? spec.maxXferBlocks : 0,
+          ...(unmap ? { unmapGranularityAlignment: limits.unmapGranularityAlignment ?? 0 } : {}),
+          ...(limits.optimalTransferBlocks ? { optimalXferBlocks: limits.optimalTransferBlocks } : {}),
+          ...(limits.writeProtect ? { writeProtect: true } : {}),
           maxCompareAndWriteBlocks: typeof h.compareAndWrite === 'function' || rw ? TCMU_RUNNER_LIMITS.maxCompareAndWriteBlocks : 0,
           maxWriteSameBlocks: typeof h.write === 'function' || typeof h.writeSame === 'function' ? TCMU_RUNNER_LIMITS.maxWriteSameBlocks : 0,
           thirdPartyCopy: rw,
