@@ -1,4 +1,5 @@
-export {};
 export * from './ram.js';
 export * from './file.js';
+export * from './qcow.js';
+export * from './qcow-format.js';
 export * from './builtins.js';
