@@ -445,6 +445,14 @@ export class Qcow2Image implements WritableImage {
   private pendingFree: number[] = [];
   /** Clusters we freed (refcount 0) that may be reserved again. */
   private freeList: number[] = [];
+  /**
+   * Free clusters below the end of the file as it was opened (freed in an
+   * earlier session, or never used) are found by scanning the refcounts
+   * from here, a little at a time, as reservations need them. An image that
+   * is not dirty has refcount 0 only on clusters nothing references.
+   */
+  private scanCursor = 0;
+  private readonly scanLimit: number;
   private readonly reserveBatch: number;
   private brokenReason: string | undefined;
   private prepared = false;
@@ -574,6 +582,7 @@ export class Qcow2Image implements WritableImage {
     if (backingOffset !== 0 && backingSize > 1023) throw refuse(file, `backing file name of ${backingSize} bytes is too long`);
     if (backingOffset !== 0 && backingOffset + backingSize > head.byteLength) throw refuse(file, 'backing file name lies outside the first cluster');
     this.eofCluster = Math.ceil(this.fileSize / cs);
+    this.scanLimit = Math.floor(this.fileSize / cs);
     // L1 table.
     const l1Bytes = new Uint8Array(l1Size * 8);
     preadFull(fd, l1Bytes, this.l1TableOffset);
@@ -925,7 +934,8 @@ export class Qcow2Image implements WritableImage {
       this.reservedHead = 0;
     }
     let want = Math.max(n - have, this.reserveBatch);
-    // Clusters we freed ourselves first, lowest first, then new ones at the end of the file.
+    // Clusters we freed ourselves first, lowest first, then free ones found
+    // by the scan, then new ones at the end of the file.
     if (this.freeList.length > 0) {
       this.freeList.sort((a, b) => b - a);
       while (want > 0 && this.freeList.length > 0) {
@@ -936,6 +946,16 @@ export class Qcow2Image implements WritableImage {
         this.reservedFresh.push(false);
         want--;
       }
+    }
+    while (want > 0 && this.scanCursor < this.scanLimit) {
+      const c = this.scanCursor++;
+      const r = Math.floor(c / this.rbEntries);
+      if (this.refblock(r) === undefined) continue; // a hole in the refcount table: let the end-of-file path create blocks
+      if (this.refcount(c) !== 0) continue;
+      this.writeRefcount(c, 1);
+      this.reserved.push(c);
+      this.reservedFresh.push(false);
+      want--;
     }
     while (want > 0) {
       const c = this.eofCluster++;

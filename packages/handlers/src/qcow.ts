@@ -189,7 +189,13 @@ export async function openQcowDevice(dev: HandlerDevice): Promise<DeviceHandler>
   const cfg = parseQcowConfig(dev.cfgstring);
   if (typeof cfg === 'string') throw errnoError('EINVAL', `qcow: ${cfg}`);
   // A file that is no image at all is served raw, by the file handler.
-  const fd = fs.openSync(cfg.path, fs.constants.O_RDONLY);
+  let fd: number;
+  try {
+    fd = fs.openSync(cfg.path, fs.constants.O_RDONLY);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    throw errnoError(code, `qcow: ${code === 'ENOENT' ? `"${cfg.path}" does not exist` : `cannot open "${cfg.path}": ${describeError(e)}`}`);
+  }
   let head: Uint8Array;
   try {
     head = new Uint8Array(512);
