@@ -307,9 +307,6 @@ class Lru<V> {
   delete(k: number): void {
     this.map.delete(k);
   }
-  get size(): number {
-    return this.map.size;
-  }
 }
 
 const TWO32 = 2 ** 32;
@@ -391,21 +388,15 @@ const EXT_END = 0;
 const EXT_BACKING_FORMAT = 0xe2792aca;
 const EXT_FEATURE_TABLE = 0x6803f857;
 const EXT_BITMAPS = 0x23852875;
-const EXT_CRYPTO = 0x0537be77;
-const EXT_DATA_FILE = 0x44415441;
 
-/** What one write or zero does to one guest cluster (scratch, reused between calls). */
+/** What one write does to one guest cluster (plan arrays, reused between calls). */
 const enum Plan {
-  /** Nothing to do for this cluster. */
-  Skip = 0,
   /** Data into the host cluster it has. */
   InPlace = 1,
-  /** A new host cluster with the merged contents. */
+  /** A new host cluster with the merged contents; the old mapping loses its reference. */
   Allocate = 2,
-  /** Zero flag cleared on the host cluster it keeps (refcount 1): whole cluster written. */
+  /** A zero cluster keeping its host cluster (refcount 1): written whole, zero flag cleared. */
   Reuse = 3,
-  /** Only the L2 entry changes (zero / unmap / COPIED flag repair). */
-  EntryOnly = 4,
 }
 
 export class Qcow2Image implements WritableImage {
@@ -469,7 +460,6 @@ export class Qcow2Image implements WritableImage {
   private oldHost = new Float64Array(0);
   private oldHi = new Uint32Array(0);
   private oldLo = new Uint32Array(0);
-  private newHost = new Float64Array(0);
   private newHi = new Uint32Array(0);
   private newLo = new Uint32Array(0);
   private changed = new Uint8Array(0);
@@ -540,9 +530,7 @@ export class Qcow2Image implements WritableImage {
           featureNames.set(`${data[i]}:${data[i + 1]}`, name);
         }
       } else if (type === EXT_BITMAPS) hasBitmaps = true;
-      else if (type === EXT_CRYPTO || type === EXT_DATA_FILE) {
-        // Refused below through crypt_method / the incompatible bit.
-      }
+      // Encryption and external data file extensions are refused below, by crypt_method and feature bit.
       at += 8 + Math.ceil(len / 8) * 8;
     }
     // What we do not support is refused here, with what to do about it.
@@ -1024,7 +1012,6 @@ export class Qcow2Image implements WritableImage {
     this.oldHost = new Float64Array(m);
     this.oldHi = new Uint32Array(m);
     this.oldLo = new Uint32Array(m);
-    this.newHost = new Float64Array(m);
     this.newHi = new Uint32Array(m);
     this.newLo = new Uint32Array(m);
     this.changed = new Uint8Array(m);
