@@ -37,7 +37,9 @@
  *     the decrement waits until the next fdatasync (guest flush, next
  *     reservation, close) has made the new entry stable, so a power cut
  *     can never leave an entry pointing at a freed (and reused) cluster.
- *     Only clusters freed this way are reused.
+ *     Reused are clusters freed this way and clusters the refcounts show
+ *     free below the end of the file (found by a lazy scan); new ones come
+ *     from the end of the file.
  * Against kill -9 the program order alone is enough (the page cache keeps
  * every write that returned); the fdatasyncs are for power loss. A guest
  * flush (SYNCHRONIZE CACHE, FUA, write-through mode) is an fdatasync of
