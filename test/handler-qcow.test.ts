@@ -93,10 +93,8 @@ function payload(lba: number, blocks: number, tag: number): Uint8Array {
   return b;
 }
 
+/** The temporary directory of the describe() block running (each makes its own in before()). */
 let dir: string;
-before(function () {
-  requireQemuImg();
-});
 
 describe('qcow handler: images made by qemu-img read as qemu-img convert -O raw reads them', function () {
   this.timeout(60_000);
@@ -104,6 +102,7 @@ describe('qcow handler: images made by qemu-img read as qemu-img convert -O raw 
   const SIZE = 3 * MiB + 7 * BS;
   let src: string;
   before(() => {
+    requireQemuImg();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcmu-qcow-read-'));
     src = path.join(dir, 'src.raw');
     fs.writeFileSync(src, textured(SIZE, 11));
@@ -145,6 +144,7 @@ describe('qcow handler: images made by qemu-img read as qemu-img convert -O raw 
 describe('qcow handler: backing chains (read-only, any format, relative names)', function () {
   this.timeout(60_000);
   before(() => {
+    requireQemuImg();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcmu-qcow-chain-'));
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -227,6 +227,7 @@ function reason(cfg: string): string {
 describe('qcow handler: writes through the kernel simulator, checked by qemu-img', function () {
   this.timeout(120_000);
   before(() => {
+    requireQemuImg();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcmu-qcow-sim-'));
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -389,6 +390,7 @@ describe('qcow handler: writes through the kernel simulator, checked by qemu-img
 describe('qcow handler: fast-check over write sequences', function () {
   this.timeout(120_000);
   before(() => {
+    requireQemuImg();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcmu-qcow-fc-'));
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -480,6 +482,7 @@ describe('qcow handler: fast-check over write sequences', function () {
 describe('qcow handler: UNMAP, zero clusters and refusals', function () {
   this.timeout(60_000);
   before(() => {
+    requireQemuImg();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcmu-qcow-misc-'));
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
