@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The tests run real programs, not mocks: a private dbus-daemon (Debian
-# package dbus) and gdbus (libglib2.0-bin). Install what is missing when we
+# package dbus), gdbus (libglib2.0-bin), and qemu-img/qemu-io (qemu-utils) as
+# the referee of the qcow handler. Install what is missing when we
 # can (root with apt-get); otherwise say what to install and let the tests
 # that need it fail with the same advice.
 set -euo pipefail
 need=()
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus)
 command -v gdbus >/dev/null 2>&1 || need+=(libglib2.0-bin)
+{ command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || need+=(qemu-utils)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing test tools: ${need[*]}" >&2
