@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The tests run real programs, not mocks: a private dbus-daemon (Debian
-# package dbus), gdbus (libglib2.0-bin), and qemu-img/qemu-io (qemu-utils) as
-# the referee of the qcow handler. Install what is missing when we
+# package dbus), gdbus (libglib2.0-bin), qemu-img/qemu-io (qemu-utils) as
+# the referee of the qcow handler, and a one-node Ceph cluster for the rbd
+# handler (ceph-mon, ceph-osd, the ceph/rbd/rados CLIs of ceph-common, librbd1). Install what is missing when we
 # can (root with apt-get); otherwise say what to install and let the tests
 # that need it fail with the same advice.
 set -euo pipefail
@@ -9,6 +10,10 @@ need=()
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus)
 command -v gdbus >/dev/null 2>&1 || need+=(libglib2.0-bin)
 { command -v qemu-img && command -v qemu-io; } >/dev/null 2>&1 || need+=(qemu-utils)
+command -v ceph-mon >/dev/null 2>&1 || need+=(ceph-mon)
+command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
+command -v rbd >/dev/null 2>&1 || need+=(ceph-common)
+{ ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'librbd\.so\.1 ' || need+=(librbd1)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing test tools: ${need[*]}" >&2

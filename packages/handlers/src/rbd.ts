@@ -335,10 +335,8 @@ class RbdDevice implements DeviceHandler {
     }
     if (rc === -ESHUTDOWN || rc === -EROFS) {
       // -ESHUTDOWN: this client was blocklisted; -EROFS: another client holds the exclusive lock.
-      if (rc === -ESHUTDOWN) this.fenced = true;
-      this.lockLostCount++;
-      this.dev.notifyLockLost?.();
-      this.updateStatus();
+      if (rc === -ESHUTDOWN) this.markFenced();
+      else this.lockLost();
       return errnoError('EBUSY', `${what}${at}: ${rc === -ESHUTDOWN ? 'this gateway was fenced (blocklisted)' : 'another gateway holds the image lock'}`);
     }
     if (rc === -EINVAL) return ScsiError.invalidField();
@@ -408,9 +406,24 @@ class RbdDevice implements DeviceHandler {
     try {
       return this.image.isLockOwner();
     } catch (e) {
-      if (e instanceof RbdError && e.rc === -ESHUTDOWN) this.fenced = true;
+      if (e instanceof RbdError && e.rc === -ESHUTDOWN) this.markFenced();
       throw e;
     }
+  }
+
+  /** tcmu_notify_lock_lost: the engine takes the lock again before the next write gets through. */
+  private lockLost(): void {
+    this.lockLostCount++;
+    this.dev.notifyLockLost?.();
+    this.updateStatus(false);
+  }
+
+  /** Blocklisted: told once, however many commands find out. */
+  private markFenced(): void {
+    if (this.fenced) return;
+    this.fenced = true;
+    this.dev.log.warn('this gateway was blocklisted by another one taking the image lock');
+    this.lockLost();
   }
 
   // ------------------------------------------------------------ connection

@@ -1,0 +1,443 @@
+/**
+ * The rbd handler on a real Ceph cluster (mon + OSD started by
+ * fixtures/ceph.ts on 127.0.0.1): commands go through the kernel
+ * simulator and a device worker, exactly as from a real ring, and the
+ * image is checked with the rbd CLI (`rbd export`) as the referee.
+ */
+import { expect } from 'chai';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Initiator, ScsiStatus, type ScsiResponse } from '@tcmu-ts/ring';
+import { HandlerRegistry, decodeSense, makeBlockIo, makeHandlerDevice, type DeviceHandler, type HandlerDevice } from '@tcmu-ts/core';
+import { rbdHandler } from '@tcmu-ts/handlers';
+import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
+import { FixtureProcess } from './fixtures/child.js';
+import { startCephCluster, type CephCluster } from './fixtures/ceph.js';
+import { rng, randInt, randomBytes } from './simulator-harness.test.js';
+
+const BS = 512;
+const MiB = 1 << 20;
+
+function put(b: Uint8Array, off: number, len: number, v: number): void {
+  for (let i = len - 1; i >= 0; i--, v = Math.floor(v / 256)) b[off + i] = v & 0xff;
+}
+function be32(b: Uint8Array, o: number): number {
+  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+}
+function unmapCdb(ranges: [lba: number, blocks: number][]): { cdb: Uint8Array; data: Uint8Array } {
+  const data = new Uint8Array(8 + 16 * ranges.length);
+  put(data, 0, 2, data.length - 2);
+  put(data, 2, 2, 16 * ranges.length);
+  ranges.forEach(([lba, n], i) => {
+    put(data, 8 + i * 16, 8, lba);
+    put(data, 16 + i * 16, 4, n);
+  });
+  const cdb = new Uint8Array(10);
+  cdb[0] = 0x42;
+  put(cdb, 7, 2, data.length);
+  return { cdb, data };
+}
+function writeSame16(lba: number, blocks: number, unmap = false): Uint8Array {
+  const c = new Uint8Array(16);
+  c[0] = 0x93;
+  if (unmap) c[1] = 0x08;
+  put(c, 2, 8, lba);
+  put(c, 10, 4, blocks);
+  return c;
+}
+function caw(lba: number, blocks: number): Uint8Array {
+  const c = new Uint8Array(16);
+  c[0] = 0x89;
+  put(c, 2, 8, lba);
+  c[13] = blocks;
+  return c;
+}
+
+function expectGood(r: ScsiResponse, what = 'command'): void {
+  expect(r.status, `${what}: ${r.senseInfo ? JSON.stringify(r.senseInfo) : ''}`).to.equal(ScsiStatus.GOOD);
+}
+
+/** Retry while BUSY, as an initiator does; gives up after `ms`. */
+async function retryBusy(send: () => Promise<ScsiResponse>, ms = 20000): Promise<{ r: ScsiResponse; busy: number }> {
+  const end = Date.now() + ms;
+  for (let busy = 0; ; busy++) {
+    const r = await send();
+    if (r.status !== ScsiStatus.BUSY || Date.now() > end) return { r, busy };
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
+describe('rbd handler on a real Ceph cluster', function () {
+  this.timeout(120000);
+  let ceph: CephCluster;
+  let sup: Supervisor;
+  const backends: SimulatedBackend[] = [];
+  let images = 0;
+
+  before(async function () {
+    this.timeout(180000);
+    ceph = await startCephCluster();
+  });
+  after(async () => {
+    await ceph?.stop();
+  });
+  beforeEach(() => {
+    sup = new Supervisor({ log: (l, d, m) => { if (process.env.RBD_DEBUG) console.log(Date.now() % 100000, l, d, m); } });
+  });
+  afterEach(async () => {
+    await sup.stop();
+    for (const b of backends.splice(0)) await b.close();
+  });
+
+  function newImage(size = 64 * MiB): string {
+    const name = `img${++images}`;
+    ceph.createImage(name, size);
+    return name;
+  }
+  const cfg = (image: string, extra = ''): string => `${ceph.pool}/${image};conf=${ceph.confPath}${extra}`;
+
+  /** A LUN on `image` served by a device worker behind a simulated kernel. */
+  async function lun(image: string, opts: { numLbas?: number; extra?: string; maxDataAreaMb?: number } = {}): Promise<{ ini: Initiator; name: string }> {
+    const b = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: opts.maxDataAreaMb ?? 16, cmdTimeOutSec: 60 });
+    backends.push(b);
+    const name = `rbd-${image}-${backends.length}`;
+    const spec: DeviceSpec = {
+      name, subtype: 'rbd', cfgstring: cfg(image, opts.extra), handlerSpec: 'rbd', blockSize: BS,
+      numLbas: opts.numLbas ?? (64 * MiB) / BS, maxXferBlocks: 2048, writeCache: false,
+      serial: `serial-${name}`, wwn: `wwn-${name}`, ring: b.endpoint,
+    };
+    await sup.addDevice(spec, b);
+    return { ini: new Initiator(b.sim, { blockSize: BS }), name };
+  }
+
+  /** The whole image through the rbd CLI: what any other Ceph client would read. */
+  function exportImage(image: string): Uint8Array {
+    const out = join(ceph.dir, `${image}.export`);
+    rmSync(out, { force: true });
+    ceph.rbd(['export', `${ceph.pool}/${image}`, out]);
+    const data = new Uint8Array(readFileSync(out));
+    rmSync(out, { force: true });
+    return data;
+  }
+
+  describe('configuration', () => {
+    it('checkConfig refuses malformed cfgstrings with the reason', () => {
+      const reason = (c: string): string => {
+        const r = rbdHandler.checkConfig(c);
+        expect(r.ok, c).to.equal(false);
+        return (r as { reason: string }).reason;
+      };
+      expect(reason('')).to.match(/is not <pool>\/<image>/);
+      expect(reason('poolonly')).to.match(/is not <pool>\/<image>/);
+      expect(reason('a/b/c')).to.match(/is not <pool>\/<image>/);
+      expect(reason('p/i;osd_op_timeout=soon')).to.match(/osd_op_timeout=soon must be a positive number/);
+      expect(reason('p/i;conf=')).to.match(/conf= needs a value/);
+      expect(reason('p/i;cache=on')).to.match(/unknown option "cache"/);
+      expect(rbdHandler.checkConfig('p/i@snap;osd_op_timeout=30;conf=/etc/ceph/ceph.conf;id=admin')).to.deep.equal({ ok: true });
+    });
+
+    it('probeConfig asks the cluster: a missing pool, image or snapshot is refused clearly, an existing image passes', async () => {
+      const image = newImage(8 * MiB);
+      const reg = new HandlerRegistry();
+      reg.register(rbdHandler);
+      expect(await reg.probeConfig(`rbd/${cfg(image)}`)).to.deep.equal({ ok: true });
+      expect(await reg.probeConfig(`rbd/nopool/${image};conf=${ceph.confPath}`)).to.deep.equal({ ok: false, reason: 'pool "nopool" does not exist' });
+      expect(await reg.probeConfig(`rbd/${cfg('missing')}`)).to.deep.equal({ ok: false, reason: `image "${ceph.pool}/missing" does not exist` });
+      expect((await reg.probeConfig(`rbd/${ceph.pool}/${image}@nosnap;conf=${ceph.confPath}`)).ok).to.equal(false);
+      const bad = await reg.probeConfig(`rbd/${ceph.pool}/${image};conf=${join(ceph.dir, 'no-such.conf')}`);
+      expect(bad.ok).to.equal(false);
+      expect((bad as { reason: string }).reason).to.match(/reading ceph config .*no-such\.conf/);
+    });
+
+    it('a missing image or a size that does not match the image fails the device with the reason, and nothing is served', async () => {
+      const image = newImage(8 * MiB);
+      let err: unknown;
+      try {
+        await lun('missing');
+      } catch (e) {
+        err = e;
+      }
+      expect(String(err)).to.match(/opening image missing failed/);
+      err = undefined;
+      try {
+        await lun(image, { numLbas: (16 * MiB) / BS });
+      } catch (e) {
+        err = e;
+      }
+      expect(String(err)).to.match(/is 8388608 bytes but the device is 16777216/);
+      expect(sup.devices.size).to.equal(0);
+    });
+  });
+
+  describe('data path', () => {
+    it('random writes of 512 B to 1 MiB read back byte for byte, through the LUN and through rbd export', async () => {
+      const image = newImage();
+      const { ini } = await lun(image);
+      const model = new Uint8Array(64 * MiB);
+      const r = rng(1313);
+      for (let round = 0; round < 12; round++) {
+        // A batch of non-overlapping writes in flight together.
+        const batch: Promise<ScsiResponse>[] = [];
+        let lba = randInt(r, 0, 1024);
+        for (let i = 0; i < 8; i++) {
+          const blocks = randInt(r, 1, 2048);
+          if ((lba + blocks) * BS > model.length) break;
+          const data = randomBytes(r, blocks * BS);
+          model.set(data, lba * BS);
+          batch.push(ini.write(lba, data));
+          lba += blocks + randInt(r, 0, 4096);
+        }
+        for (const w of await Promise.all(batch)) expectGood(w, 'write');
+      }
+      for (let lba = 0; lba < model.length / BS; lba += 2048) {
+        const rd = await ini.read(lba, 2048);
+        expectGood(rd, 'read');
+        expect(Buffer.compare(rd.data, model.subarray(lba * BS, (lba + 2048) * BS)), `read at LBA ${lba}`).to.equal(0);
+      }
+      expectGood(await ini.synchronizeCache(), 'SYNCHRONIZE CACHE');
+      expect(Buffer.compare(exportImage(image), model), 'rbd export equals what was written').to.equal(0);
+    });
+
+    it('UNMAP and WRITE SAME (pattern, zeros, with UNMAP) change exactly their ranges, also inside an object', async () => {
+      const image = newImage();
+      const { ini } = await lun(image);
+      const fill = new Uint8Array(4096 * BS).fill(0xcd);
+      expectGood(await ini.write(0, fill.subarray(0, 2048 * BS)), 'fill');
+      expectGood(await ini.write(2048, fill.subarray(0, 2048 * BS)), 'fill');
+      const u = unmapCdb([[3, 5], [1000, 1]]);
+      expectGood(await ini.send(u.cdb, { dataOut: u.data }), 'UNMAP');
+      const pattern = new Uint8Array(BS).map((_, i) => i & 0xff);
+      expectGood(await ini.send(writeSame16(2000, 100), { dataOut: pattern }), 'WRITE SAME');
+      expectGood(await ini.send(writeSame16(3000, 7), { dataOut: new Uint8Array(BS) }), 'WRITE SAME zeros');
+      expectGood(await ini.send(writeSame16(3500, 9, true), { dataOut: new Uint8Array(BS) }), 'WRITE SAME UNMAP');
+      const expected = new Uint8Array(4096 * BS).fill(0xcd);
+      expected.fill(0, 3 * BS, 8 * BS);
+      expected.fill(0, 1000 * BS, 1001 * BS);
+      for (let i = 0; i < 100; i++) expected.set(pattern, (2000 + i) * BS);
+      expected.fill(0, 3000 * BS, 3007 * BS);
+      expected.fill(0, 3500 * BS, 3509 * BS);
+      const got = exportImage(image).subarray(0, expected.length);
+      expect(Buffer.compare(got, expected)).to.equal(0);
+    });
+
+    it('COMPARE AND WRITE (librbd\'s own, one sector) writes on a match and reports the first differing byte on a miscompare, also past the first object', async () => {
+      const image = newImage();
+      const { ini } = await lun(image);
+      for (const [lba, blocks] of [[10, 1], [8193, 1]] as const) {
+        const old = new Uint8Array(blocks * BS).fill(0x21);
+        expectGood(await ini.write(lba, old));
+        const next = new Uint8Array(blocks * BS).fill(0x42);
+        const ok = new Uint8Array(2 * blocks * BS);
+        ok.set(old, 0);
+        ok.set(next, blocks * BS);
+        expectGood(await ini.send(caw(lba, blocks), { dataOut: ok }), `COMPARE AND WRITE at ${lba}`);
+        expect(Buffer.compare((await ini.read(lba, blocks)).data, next)).to.equal(0);
+        const wrong = ok.slice();
+        wrong.set(next, 0);
+        const at = blocks * BS - 7;
+        wrong[at] ^= 0xff; // compare half = next except one byte near the end
+        const r = await ini.send(caw(lba, blocks), { dataOut: wrong });
+        expect(r.status).to.equal(ScsiStatus.CHECK_CONDITION);
+        const s = decodeSense(r.sense)!;
+        expect({ key: s.key, asc: s.asc, info: Number(s.information) }).to.deep.equal({ key: 0x0e, asc: 0x1d, info: at });
+        expect(Buffer.compare((await ini.read(lba, blocks)).data, next), 'nothing written on a miscompare').to.equal(0);
+      }
+    });
+
+    it('COMPARE AND WRITE of more than one sector (a 4 KiB-block LUN, emulated by read, compare and write) reports the miscompare offset', async () => {
+      const image = newImage(8 * MiB);
+      const h = await rbdHandler.open(makeHandlerDevice({ cfgstring: cfg(image), blockSize: 4096, numLbas: (8 * MiB) / 4096 }), false);
+      try {
+        const old = new Uint8Array(4096).fill(0x31);
+        await h.write!(makeBlockIo({ lba: 3, blocks: 1, blockSize: 4096, buffers: [old] }));
+        const next = new Uint8Array(4096).fill(0x32);
+        const io = (compare: Uint8Array) => ({ ...makeBlockIo({ lba: 3, blocks: 1, blockSize: 4096, buffers: [next] }), compare: [compare] });
+        const wrong = old.slice();
+        wrong[3000] = 0;
+        expect(await h.compareAndWrite!(io(wrong))).to.deep.equal({ ok: false, offset: 3000 });
+        expect(exportImage(image)[3 * 4096]).to.equal(0x31);
+        expect(await h.compareAndWrite!(io(old))).to.deep.equal({ ok: true });
+        expect(exportImage(image)[3 * 4096 + 4095]).to.equal(0x32);
+      } finally {
+        await h.close();
+      }
+    });
+
+    it('Block Limits come from the image: four objects per UNMAP, the discard granularity', async () => {
+      const image = newImage();
+      const { ini } = await lun(image);
+      const r = await ini.inquiry(64, 0xb0);
+      expectGood(r);
+      const objectSize = 4 * MiB;
+      expect(be32(r.data, 20), 'MAXIMUM UNMAP LBA COUNT').to.equal((4 * objectSize) / BS);
+      expect(be32(r.data, 28), 'OPTIMAL UNMAP GRANULARITY (rbd_discard_granularity_bytes 64 KiB)').to.equal(65536 / BS);
+    });
+
+    it('a live resize: dev_size following `rbd resize` is taken, one that disagrees with the image is refused', async () => {
+      const image = newImage(8 * MiB);
+      const { ini, name } = await lun(image, { numLbas: (8 * MiB) / BS });
+      ceph.rbd(['resize', '--size', '16M', `${ceph.pool}/${image}`]);
+      expect(await sup.reconfigure(name, { numLbas: (32 * MiB) / BS })).to.not.equal(0);
+      expect(await sup.reconfigure(name, { numLbas: (16 * MiB) / BS })).to.equal(0);
+      const data = new Uint8Array(BS).fill(9);
+      // The first command after a capacity change reports it (unit attention), then the new LBAs work.
+      await ini.testUnitReady();
+      expectGood(await ini.write((16 * MiB) / BS - 1, data), 'write to the new last LBA');
+      expect(Buffer.compare(exportImage(image).subarray(16 * MiB - BS), data)).to.equal(0);
+    });
+  });
+
+  describe('failures', () => {
+    it('a cluster that stops answering fails commands BUSY after osd_op_timeout, and every acknowledged write is there once it is back', async () => {
+      const image = newImage();
+      const { ini } = await lun(image, { extra: ';osd_op_timeout=2' });
+      const acked = new Map<number, Uint8Array>();
+      const write = async (lba: number): Promise<ScsiResponse> => {
+        const data = new Uint8Array(8 * BS).fill((lba / 8) & 0xff);
+        const r = await ini.write(lba, data);
+        if (r.status === ScsiStatus.GOOD) acked.set(lba, data);
+        return r;
+      };
+      for (let i = 0; i < 16; i++) expectGood(await write(i * 8));
+      // librbd lets one write per object wait at a time (each waits out its own timeout): one per object keeps this short.
+      const paused = [1, 2, 3].map((obj) => obj * ((4 * MiB) / BS) + 64);
+      ceph.pauseOsd();
+      let answers: ScsiResponse[];
+      try {
+        answers = await Promise.all(paused.map((lba) => write(lba)));
+      } finally {
+        ceph.resumeOsd();
+      }
+      expect(answers.map((a) => a.status), 'retryable, not an error the filesystem sees').to.deep.equal(paused.map(() => ScsiStatus.BUSY));
+      // The initiator retries; the handler reconnects and the writes go through.
+      for (const lba of paused) expectGood((await retryBusy(() => write(lba))).r, `write ${lba} after the cluster came back`);
+      const img = exportImage(image);
+      for (const [lba, data] of acked) expect(Buffer.compare(img.subarray(lba * BS, lba * BS + data.length), data), `LBA ${lba}`).to.equal(0);
+    });
+  });
+
+  describe('two gateways on one image (exclusive lock)', () => {
+    function gatewayDev(image: string, lost: string[], who: string): HandlerDevice {
+      return { ...makeHandlerDevice({ cfgstring: cfg(image), name: who, numLbas: (16 * MiB) / BS }), notifyLockLost: () => lost.push(who) };
+    }
+    const block = (v: number) => new Uint8Array(BS).fill(v);
+    const io = (lba: number, data: Uint8Array) => makeBlockIo({ lba, blocks: data.length / BS, blockSize: BS, buffers: [data] });
+
+    it('taking the lock fences the old holder: its writes fail BUSY and reach nothing until it takes the lock back', async () => {
+      const image = newImage(16 * MiB);
+      const lost: string[] = [];
+      const a: DeviceHandler = await rbdHandler.open(gatewayDev(image, lost, 'A'), false);
+      const b: DeviceHandler = await rbdHandler.open(gatewayDev(image, lost, 'B'), false);
+      try {
+        await a.lock!(1);
+        expect(await a.getLockState!()).to.equal('locked');
+        expect(await b.getLockTag!()).to.equal(1);
+        await a.write!(io(0, block(0xaa)));
+        await b.lock!(2); // A is blocklisted by the break
+        expect(await b.getLockTag!()).to.equal(2);
+        expect(await a.getLockState!()).to.equal('unlocked');
+        let err: unknown;
+        try {
+          await a.write!(io(0, block(0xee)));
+        } catch (e) {
+          err = e;
+        }
+        expect((err as { code?: string }).code, String(err)).to.equal('EBUSY');
+        expect(lost).to.include('A');
+        await b.write!(io(1, block(0xbb)));
+        const img = exportImage(image);
+        expect(img[0], 'the fenced write did not land').to.equal(0xaa);
+        expect(img[BS]).to.equal(0xbb);
+        // A takes the lock again with a new client; now B is the fenced one.
+        await a.lock!(1);
+        await a.write!(io(2, block(0xa2)));
+        err = undefined;
+        try {
+          await b.write!(io(3, block(0xb3)));
+        } catch (e) {
+          err = e;
+        }
+        expect((err as { code?: string }).code, String(err)).to.equal('EBUSY');
+        const img2 = exportImage(image);
+        expect([img2[2 * BS], img2[3 * BS]]).to.deep.equal([0xa2, 0]);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+  });
+  describe('two gateway daemons on one image (ALUA implicit failover)', () => {
+    const GATEWAY = fileURLToPath(new URL('./fixtures/rbd-gateway.js', import.meta.url));
+    let seq = 0;
+
+    class Gateway {
+      readonly proc: FixtureProcess;
+      constructor(readonly name: string, image: string) {
+        this.proc = new FixtureProcess(GATEWAY, [name, cfg(image), String((16 * MiB) / BS)]);
+      }
+      ready(): Promise<unknown> {
+        return this.proc.event('ready', undefined, 60000);
+      }
+      async send(op: 'read' | 'write', lba: number, data?: Uint8Array): Promise<{ status: number; data?: Uint8Array }> {
+        const id = ++seq;
+        this.proc.send(JSON.stringify({ id, op, lba, ...(data ? { data: Buffer.from(data).toString('base64') } : {}) }));
+        const a = await this.proc.event('answer', (e) => e.id === id, 60000);
+        return { status: a.status as number, ...(a.data ? { data: new Uint8Array(Buffer.from(a.data as string, 'base64')) } : {}) };
+      }
+      /** An initiator's retry loop: BUSY means "again", anything else is the answer. */
+      async until(op: 'read' | 'write', lba: number, data?: Uint8Array): Promise<{ status: number; data?: Uint8Array; busy: number }> {
+        for (let busy = 0; ; busy++) {
+          const r = await this.send(op, lba, data);
+          if (r.status !== ScsiStatus.BUSY || busy > 1000) return { ...r, busy };
+          await new Promise((res) => setTimeout(res, 20));
+        }
+      }
+    }
+
+    it('A is killed -9, the initiator moves to B, B takes the lock and every write A acknowledged is there; A restarted writes only after taking the lock back', async () => {
+      const image = newImage(16 * MiB);
+      const block = (v: number) => new Uint8Array(BS).fill(v);
+      const acked = new Map<number, number>();
+      let a = new Gateway('gwA', image);
+      const b = new Gateway('gwB', image);
+      try {
+        await Promise.all([a.ready(), b.ready()]);
+        // Through A: the first write takes the lock (BUSY meanwhile), the rest go straight through.
+        for (let lba = 0; lba < 32; lba++) {
+          const r = await a.until('write', lba, block(0xa0 + (lba % 16)));
+          expect(r.status, `write ${lba} through A`).to.equal(ScsiStatus.GOOD);
+          acked.set(lba, 0xa0 + (lba % 16));
+        }
+        await a.proc.kill('SIGKILL');
+        // Failover: B breaks the dead holder's lock (blocklisting it) and serves.
+        const first = await b.until('write', 32, block(0xb0));
+        expect(first.status).to.equal(ScsiStatus.GOOD);
+        expect(first.busy, 'B answered BUSY while it took the lock').to.be.greaterThan(0);
+        acked.set(32, 0xb0);
+        for (const [lba, v] of acked) {
+          const r = await b.until('read', lba);
+          expect(r.status).to.equal(ScsiStatus.GOOD);
+          expect(r.data![0], `LBA ${lba} acknowledged by ${lba < 32 ? 'A' : 'B'}`).to.equal(v);
+        }
+        // A comes back: its first write is not let through before it holds the lock.
+        a = new Gateway('gwA2', image);
+        await a.ready();
+        const before = exportImage(image)[40 * BS];
+        const early = await a.send('write', 40, block(0xa9));
+        expect(early.status, 'the restarted A does not write without the lock').to.equal(ScsiStatus.BUSY);
+        expect(exportImage(image)[40 * BS]).to.equal(before);
+        const later = await a.until('write', 40, block(0xa9));
+        expect(later.status).to.equal(ScsiStatus.GOOD);
+        // Now B is the fenced one: its next write is answered BUSY and does not land.
+        const fenced = await b.send('write', 41, block(0xbf));
+        expect(fenced.status, 'B fenced after A took the lock').to.equal(ScsiStatus.BUSY);
+        const img = exportImage(image);
+        expect([img[40 * BS], img[41 * BS]]).to.deep.equal([0xa9, 0]);
+      } finally {
+        await a.proc.kill('SIGKILL');
+        await b.proc.kill('SIGKILL');
+      }
+    });
+  });
+});
