@@ -430,10 +430,14 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --no-memcpy          skip the memcpy bandwidth measurement
   --no-layers          skip the single-thread per-layer cost measurement
   --replot <json>      only redraw the table, targets and SVGs of an earlier results file
+  --rbd                instead: the rbd handler against 'rbd bench' on a test Ceph cluster
+                       (4 KiB and 128 KiB, random read and write, QD32; --repeat, --seconds):
+                       results/rbd.json
   -h, --help
 `;
 
 async function main(): Promise<number> {
+  if (process.argv.includes('--rbd')) return (await import('./rbd-bench.js')).main(process.argv.slice(2));
   const { values: a } = parseArgs({
     options: {
       quick: { type: 'boolean' }, name: { type: 'string' }, only: { type: 'string' }, consumers: { type: 'string' },
