@@ -283,6 +283,15 @@ export interface DeviceHandler {
   getLockState?(): Promise<HandlerLockState>;
   /** Optional. Read once after open(): what the medium's geometry asks initiators to do. */
   readonly limits?: DeviceLimits;
+  /**
+   * Optional, for handlers whose IO completes on threads of a native
+   * library (librbd): a file descriptor that turns readable when
+   * completions wait, and reap(), which settles their promises. The device
+   * thread then waits in poll() on the ring, its messages and this fd
+   * together, instead of handing each wait to a pool thread. reap() runs
+   * on the device thread and must not block. Read once after open().
+   */
+  readonly completions?: HandlerCompletions;
   close(): Promise<void>;
 }
 
@@ -304,6 +313,12 @@ export interface DeviceLimits {
   readonly optimalTransferBlocks?: number;
   /** The medium refuses writes (a snapshot): WP set, writes answered DATA PROTECT. */
   readonly writeProtect?: boolean;
+}
+
+/** See DeviceHandler.completions. */
+export interface HandlerCompletions {
+  readonly fd: number;
+  reap(): void;
 }
 
 /** A handler type, registered by subtype. */

@@ -51,7 +51,7 @@ interface Binding {
   rbd_aio_compare_and_write: Fn;
   rbd_is_exclusive_lock_owner: Fn; rbd_lock_acquire: Fn; rbd_lock_release: Fn; rbd_lock_get_owners: Fn;
   rbd_lock_get_owners_cleanup: Fn; rbd_lock_break: Fn; rbd_metadata_get: Fn; rbd_metadata_set: Fn;
-  pipe2: Fn; close: Fn;
+  pipe2: Fn; read: Fn; close: Fn;
 }
 
 let binding: Binding | undefined;
@@ -113,6 +113,7 @@ function lib(): Binding {
     rbd_metadata_get: rbd.func('int rbd_metadata_get(intptr_t image, const char *key, _Out_ uint8_t *value, _Inout_ size_t *len)'),
     rbd_metadata_set: rbd.func('int rbd_metadata_set(intptr_t image, const char *key, const char *value)'),
     pipe2: libc.func('int pipe2(_Out_ int *fds, int flags)'),
+    read: libc.func('long read(int fd, _Out_ uint8_t *buf, size_t count)'),
     close: libc.func('int close(int fd)'),
   };
   return binding;
@@ -281,8 +282,10 @@ export class RbdImage {
   private readonly polled = new Set<AioOp>();
   private pollTimer: NodeJS.Timeout | undefined;
   private pending = 0;
-  private readonly pipe: net.Socket;
-  private readonly writeFd: number;
+  private readonly notify: CompletionPipe;
+  private readonly ownPipe: boolean;
+  /** Reads the notification pipe on this thread's event loop, when the image owns its pipe. */
+  private readonly watcher: net.Socket | undefined;
   /** Native memory: op slots, then the poll-events array. */
   private arena: bigint;
   private arenaBytes: number;
@@ -290,23 +293,28 @@ export class RbdImage {
   private arenaAddr: number;
   private readonly completionOut = [0];
 
-  private constructor(handle: number) {
+  /**
+   * `pipe`: a notification pipe the caller owns and reaps (reap() from its
+   * own poll loop); without one the image makes its own and reaps it from
+   * this thread's event loop.
+   */
+  private constructor(handle: number, pipe?: CompletionPipe) {
     this.handle = handle;
     const b = lib();
-    const fds = [0, 0];
-    if (Number(b.pipe2(fds, O_NONBLOCK | O_CLOEXEC)) < 0) throw new RbdError('pipe2', -koffi.errno());
-    this.writeFd = fds[1];
+    this.ownPipe = pipe === undefined;
+    this.notify = pipe ?? CompletionPipe.create();
     try {
-      check('rbd_set_image_notification', b.rbd_set_image_notification(handle, fds[1], EVENT_TYPE_PIPE));
+      check('rbd_set_image_notification', b.rbd_set_image_notification(handle, this.notify.writeFd, EVENT_TYPE_PIPE));
     } catch (e) {
-      b.close(fds[0]);
-      b.close(fds[1]);
+      if (this.ownPipe) this.notify.close();
       throw e;
     }
-    this.pipe = new net.Socket({ fd: fds[0], readable: true, writable: false });
-    this.pipe.on('data', () => this.reap());
-    this.pipe.on('error', () => {});
-    this.pipe.unref();
+    if (this.ownPipe) {
+      this.watcher = new net.Socket({ fd: this.notify.readFd, readable: true, writable: false });
+      this.watcher.on('data', () => this.reap());
+      this.watcher.on('error', () => {});
+      this.watcher.unref();
+    }
     this.arenaBytes = 0;
     this.arena = 0n;
     this.arenaAddr = 0;
@@ -314,12 +322,12 @@ export class RbdImage {
     this.grow(32);
   }
 
-  static open(io: number, name: string, snap: string | undefined, readOnly: boolean): RbdImage {
+  static open(io: number, name: string, snap: string | undefined, readOnly: boolean, pipe?: CompletionPipe): RbdImage {
     const out = [0];
     const open = readOnly ? lib().rbd_open_read_only : lib().rbd_open;
     check(`opening image ${name}${snap ? `@${snap}` : ''}`, open(io, name, out, snap ?? null));
     try {
-      return new RbdImage(out[0]);
+      return new RbdImage(out[0], pipe);
     } catch (e) {
       lib().rbd_close(out[0]);
       throw e;
@@ -407,7 +415,7 @@ export class RbdImage {
     op.completion = this.completionOut[0];
     op.settle = settle;
     op.polled = false;
-    if (this.pending++ === 0) this.pipe.ref();
+    if (this.pending++ === 0) this.watcher?.ref();
     return op;
   }
 
@@ -439,13 +447,14 @@ export class RbdImage {
     const settle = op.settle;
     op.settle = undefined;
     this.free.push(op);
-    if (--this.pending === 0) this.pipe.unref();
+    if (--this.pending === 0) this.watcher?.unref();
     return settle;
   }
 
   /** Every completion librbd has finished: take its result, release it, settle its op. */
-  private reap(): void {
+  reap(): void {
     if (!this.handle) return;
+    if (!this.ownPipe) this.notify.drain();
     const b = lib();
     const events = this.arenaAddr + this.arenaBytes - EVENTS_PER_POLL * 8;
     const eventsAt = this.arenaBytes - EVENTS_PER_POLL * 8;
@@ -555,11 +564,40 @@ export class RbdImage {
     b.rbd_close(this.handle);
     this.handle = 0;
     if (this.pollTimer) clearInterval(this.pollTimer);
-    this.pipe.destroy();
-    b.close(this.writeFd);
+    if (this.ownPipe) {
+      this.watcher!.destroy();
+      b.close(this.notify.writeFd);
+    }
     koffi.free(this.arena);
     for (const a of this.retired) koffi.free(a);
     this.retired.length = 0;
+  }
+}
+
+/** The pipe librbd writes a byte to whenever a completion finishes (rbd_set_image_notification). */
+export class CompletionPipe {
+  private readonly sink = new Uint8Array(4096);
+  private closed = false;
+
+  private constructor(readonly readFd: number, readonly writeFd: number) {}
+
+  static create(): CompletionPipe {
+    const fds = [0, 0];
+    if (Number(lib().pipe2(fds, O_NONBLOCK | O_CLOEXEC)) < 0) throw new RbdError('pipe2', -koffi.errno());
+    return new CompletionPipe(fds[0], fds[1]);
+  }
+
+  /** Take the notification bytes (non-blocking) so the fd stops polling readable. */
+  drain(): void {
+    const b = lib();
+    while (Number(b.read(this.readFd, this.sink, this.sink.length)) === this.sink.length);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    lib().close(this.readFd);
+    lib().close(this.writeFd);
   }
 }
 

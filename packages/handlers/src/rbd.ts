@@ -30,10 +30,10 @@ import {
   NO_LOCK_TAG, ScsiError, compareAndWriteViaReadWrite, configError, configOk, copyFromBuffers, copyToBuffers, defineHandler,
   compareBuffers, errnoError, isZero, makeBlockIo, parseOptions,
   type BlockIo, type CompareAndWriteIo, type CompareResult, type ConfigCheck, type DeviceHandler, type DeviceLimits,
-  type HandlerDevice, type HandlerLockState, type IoVec, type LbaRange, type ReconfigChange,
+  type HandlerCompletions, type HandlerDevice, type HandlerLockState, type IoVec, type LbaRange, type ReconfigChange,
 } from '@tcmu-ts/core';
 import { mapShared, type SharedMap } from '@tcmu-ts/ring';
-import { NativeBuffer, RBD_FEATURE_EXCLUSIVE_LOCK, RadosCluster, RbdError, RbdImage, MAX_IOVECS } from './librbd.js';
+import { CompletionPipe, NativeBuffer, RBD_FEATURE_EXCLUSIVE_LOCK, RadosCluster, RbdError, RbdImage, MAX_IOVECS } from './librbd.js';
 
 const ETIMEDOUT = 110;
 const ESHUTDOWN = 108;
@@ -147,18 +147,24 @@ class RbdDevice implements DeviceHandler {
   private lastAttempt = -Infinity;
   private timedOutCount = 0;
   readonly limits: DeviceLimits;
+  /** Under the engine, completions are reaped by the device thread's own poll (DeviceHandler.completions). */
+  readonly completions: HandlerCompletions | undefined;
+  private readonly pipe: CompletionPipe | undefined;
   lock?: (tag: number) => Promise<void>;
   unlock?: () => Promise<void>;
   getLockTag?: () => Promise<number | null>;
   getLockState?: () => Promise<HandlerLockState>;
 
   constructor(private readonly dev: HandlerDevice, private readonly config: RbdConfig) {
+    this.pipe = dev.ring ? CompletionPipe.create() : undefined;
+    this.completions = this.pipe ? { fd: this.pipe.readFd, reap: () => this.image.reap() } : undefined;
     this.cluster = connect(config);
     try {
       this.io = this.cluster.openPool(config.pool);
-      this.image = RbdImage.open(this.io, config.image, config.snap, config.snap !== undefined);
+      this.image = RbdImage.open(this.io, config.image, config.snap, config.snap !== undefined, this.pipe);
     } catch (e) {
       this.cluster.shutdown();
+      this.pipe?.close();
       throw e;
     }
     try {
@@ -438,7 +444,7 @@ class RbdDevice implements DeviceHandler {
     const cluster = connect(this.config, { client_mount_timeout: CONNECT_TIMEOUT_S });
     try {
       this.io = cluster.openPool(this.config.pool);
-      this.image = RbdImage.open(this.io, this.config.image, this.config.snap, this.config.snap !== undefined);
+      this.image = RbdImage.open(this.io, this.config.image, this.config.snap, this.config.snap !== undefined, this.pipe);
     } catch (e) {
       cluster.shutdown();
       throw e;
@@ -522,6 +528,7 @@ class RbdDevice implements DeviceHandler {
     this.connected = false;
     this.ring?.unmap();
     this.ring = undefined;
+    this.pipe?.close();
   }
 
   async close(): Promise<void> {

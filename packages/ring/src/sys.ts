@@ -152,32 +152,37 @@ export function readEvent(fd: number): number | null {
 
 /** Set in what pollIn/pollInSync return when the wake fd (an eventfd) was signalled. */
 export const WOKEN = 0x10000;
+/** Set in what pollInSync returns when the third fd (a handler's completion fd) is readable or closed. */
+export const READY = 0x20000;
 
-/** struct pollfd[2]: the fd, then the wake fd (or -1, which poll() skips). */
-function fillPollfds(dv: DataView, fd: number, wakeFd: number): void {
+/** struct pollfd[3]: the fd, the wake fd, a handler's fd (-1 for none, which poll() skips). */
+function fillPollfds(dv: DataView, fd: number, wakeFd: number, extraFd = -1): void {
   dv.setInt32(0, fd, true);
   dv.setInt16(4, POLLIN, true);
   dv.setInt16(6, 0, true);
   dv.setInt32(8, wakeFd, true);
   dv.setInt16(12, POLLIN, true);
   dv.setInt16(14, 0, true);
+  dv.setInt32(16, extraFd, true);
+  dv.setInt16(20, POLLIN, true);
+  dv.setInt16(22, 0, true);
 }
 function reventsOf(dv: DataView): number {
-  return (dv.getInt16(6, true) & 0xffff) | (dv.getInt16(14, true) & POLLIN ? WOKEN : 0);
+  return (dv.getInt16(6, true) & 0xffff) | (dv.getInt16(14, true) & POLLIN ? WOKEN : 0) | (dv.getInt16(22, true) & (POLLIN | POLLHUP | POLLERR) ? READY : 0);
 }
 
-/** One pollfd pair per thread for the blocking poll: it is never in use twice at once. */
-const syncPollfds = new Uint8Array(16);
+/** One pollfd set per thread for the blocking poll: it is never in use twice at once. */
+const syncPollfds = new Uint8Array(24);
 const syncPollView = new DataView(syncPollfds.buffer);
 
 /**
- * Blocking poll for POLLIN on `fd` (and on `wakeFd` when >= 0); returns
- * fd's revents, with WOKEN set when wakeFd fired (0 on timeout). Only for
- * threads that may block.
+ * Blocking poll for POLLIN on `fd` (and on `wakeFd`, `extraFd` when >= 0);
+ * returns fd's revents, with WOKEN set when wakeFd fired and READY when
+ * extraFd did (0 on timeout). Only for threads that may block.
  */
-export function pollInSync(fd: number, timeoutMs: number, wakeFd = -1): number {
-  fillPollfds(syncPollView, fd, wakeFd);
-  const rc = Number(c.poll(syncPollfds, 2, timeoutMs));
+export function pollInSync(fd: number, timeoutMs: number, wakeFd = -1, extraFd = -1): number {
+  fillPollfds(syncPollView, fd, wakeFd, extraFd);
+  const rc = Number(c.poll(syncPollfds, 3, timeoutMs));
   if (rc < 0) {
     const err = koffi.errno();
     if (err === EINTR) return 0;
@@ -191,11 +196,11 @@ export function pollInSync(fd: number, timeoutMs: number, wakeFd = -1): number {
  * keeps running. Resolves as pollInSync returns.
  */
 export function pollIn(fd: number, timeoutMs: number, wakeFd = -1): Promise<number> {
-  const p = new Uint8Array(16);
+  const p = new Uint8Array(24);
   const dv = new DataView(p.buffer);
   fillPollfds(dv, fd, wakeFd);
   return new Promise((resolve, reject) => {
-    c.poll.async(p, 2, timeoutMs, (err: unknown, rc: number) => {
+    c.poll.async(p, 3, timeoutMs, (err: unknown, rc: number) => {
       if (err) return reject(err);
       if (rc < 0) return resolve(0);
       resolve(rc === 0 ? 0 : reventsOf(dv));

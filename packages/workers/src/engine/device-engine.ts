@@ -9,7 +9,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import {
-  RingConsumer, RingBrokenError, ScsiStatus, Taken, TmrType, WOKEN, clearWake, pollIn, pollInSync, readEvent, writeEvent,
+  READY, RingConsumer, RingBrokenError, ScsiStatus, Taken, TmrType, WOKEN, clearWake, pollIn, pollInSync, readEvent, writeEvent,
   type CompletionOptions,
 } from '@tcmu-ts/ring';
 import {
@@ -30,6 +30,8 @@ const WAIT_SLICE_MS = 200;
 const IDLE_SLICE_MS = 20;
 /** With a wake fd every message cuts the sleep short; the slice only bounds how late a timer may run. */
 const IDLE_SLICE_WAKE_MS = 250;
+/** A wait on a handler's completion fd while its IO is in flight: timers (a polled completion, timeouts) run at least this often. */
+const HANDLER_SLICE_MS = 5;
 /** Under constant load the loop never waits: it still yields this often, for messages and timers. */
 const YIELD_EVERY_MS = 2;
 
@@ -152,6 +154,7 @@ export class DeviceEngine implements CommandSink {
   async run(): Promise<void> {
     const fd = this.o.eventFd;
     const wakeFd = this.o.wakeFd ?? -1;
+    const completions = wakeFd >= 0 ? this.o.handler.completions : undefined;
     let lastYield = performance.now();
     while (!this.stopping && !this.broken) {
       this.drain();
@@ -168,7 +171,22 @@ export class DeviceEngine implements CommandSink {
       }
       if (this.consumer.hasWork()) continue;
       let revents: number;
-      if (this.inFlight === 0 && this.background === 0) {
+      if (completions && this.background === 0) {
+        // Everything in flight settles through the handler's fd: wait for it, the
+        // ring and messages on this thread, and reap here (no pool thread, no
+        // event-loop wake-up in between). The slice bounds how late a timer runs.
+        if (this.completedSinceKick) this.flushKick();
+        revents = pollInSync(fd, this.inFlight > 0 ? HANDLER_SLICE_MS : IDLE_SLICE_WAKE_MS, wakeFd, completions.fd);
+        if (revents & READY) completions.reap();
+        if (revents & WOKEN) clearWake(wakeFd);
+        const ringEvent = revents & ~(WOKEN | READY);
+        if (!ringEvent || revents & (WOKEN | READY)) {
+          // Settle what reap() resolved, let messages and timers in.
+          await setImmediateTurn();
+          lastYield = performance.now();
+        }
+        revents &= ~READY;
+      } else if (this.inFlight === 0 && this.background === 0) {
         // Nothing of ours can settle while we wait, so the thread may sleep in
         // poll() itself: no hop through the libuv pool on the way in or out.
         if (this.completedSinceKick) this.flushKick();
