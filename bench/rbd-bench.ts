@@ -8,7 +8,8 @@
  * memstore OSD on 127.0.0.1). tcmu-ts is driven by the bench's load
  * generator through the kernel simulator and a device worker, as any LUN;
  * `rbd bench` is librbd with its own threads and no SCSI at all, so the
- * ratio is what the whole daemon costs on top of librbd. Results go to
+ * ratio is what the whole daemon costs on top of librbd. fio's rbd engine
+ * (when fio is installed) is a second reference. Results go to
  * bench/results/rbd.json.
  */
 import { writeFileSync, mkdirSync } from 'node:fs';
@@ -59,6 +60,23 @@ function rbdBench(c: Cluster, image: string, job: Job, seconds: number, opsHint:
   return Number(m[3]);
 }
 
+/** fio's rbd engine (Debian builds fio with it), when fio is installed: librbd again, driven the way users benchmark images. */
+function fioRbd(c: Cluster, image: string, job: Job, seconds: number): number | undefined {
+  let out: string;
+  try {
+    out = execFileSync('fio', [
+      '--name=rbd', '--ioengine=rbd', '--clientname=admin', `--pool=${c.pool}`, `--rbdname=${image}`, `--rw=${job.read ? 'randread' : 'randwrite'}`,
+      `--bs=${job.ioBytes}`, `--iodepth=${job.queueDepth}`, `--runtime=${seconds}`, '--time_based', '--ramp_time=0.5', '--output-format=json',
+    ], { encoding: 'utf8', env: { ...process.env, CEPH_CONF: c.confPath }, stdio: ['ignore', 'pipe', 'pipe'], timeout: (seconds + 60) * 1000 });
+  } catch (e) {
+    const err = e as { code?: string };
+    if (err.code === 'ENOENT') return undefined;
+    throw e;
+  }
+  const j = JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { read: { iops: number }; write: { iops: number } }[] };
+  return Math.round(job.read ? j.jobs[0].read.iops : j.jobs[0].write.iops);
+}
+
 async function tcmuBench(c: Cluster, image: string, job: Job, seconds: number): Promise<{ iops: number; errors: number; p99Us: number }> {
   const backend = new SimulatedBackend({ name: 'rbd-bench', cmdRingSizeMb: 8, maxDataAreaMb: 64, cmdTimeOutSec: 120 });
   const sup = new Supervisor({ log: (level, dev, msg) => { if (level === 'error') process.stderr.write(`${dev}: ${msg}\n`); } });
@@ -95,39 +113,45 @@ export async function main(argv: string[]): Promise<number> {
   process.stderr.write('[rbd-bench] starting a one-OSD Ceph cluster on 127.0.0.1\n');
   const c = await startCephCluster();
   const started = performance.now();
-  const results: { job: string; rbdBench: number[]; tcmu: number[]; ratio: number; tcmuErrors: number; tcmuP99Us: number }[] = [];
+  const results: { job: string; rbdBench: number[]; fio: number[]; tcmu: number[]; ratio: number; ratioToFio?: number; tcmuErrors: number; tcmuP99Us: number }[] = [];
   try {
     const image = 'bench';
     c.createImage(image, IMAGE_MB << 20);
     // Reads of objects never written cost the OSD nothing: write every object first.
     c.rbd(['bench', '--io-type', 'write', '--io-size', String(4 << 20), '--io-threads', '8', '--io-total', String(IMAGE_MB << 20), '--io-pattern', 'seq', `${c.pool}/${image}`]);
     for (const job of JOBS) {
-      const r = { job: job.name, rbdBench: [] as number[], tcmu: [] as number[], ratio: 0, tcmuErrors: 0, tcmuP99Us: 0 };
+      const r: (typeof results)[number] = { job: job.name, rbdBench: [], fio: [], tcmu: [], ratio: 0, tcmuErrors: 0, tcmuP99Us: 0 };
       for (let i = 0; i < repeat; i++) {
         // Alternate who goes first, so a drift of the machine hurts both alike.
-        const order = i % 2 === 0 ? ['rbd', 'tcmu'] : ['tcmu', 'rbd'];
+        const order = i % 2 === 0 ? ['rbd', 'fio', 'tcmu'] : ['tcmu', 'fio', 'rbd'];
         for (const who of order) {
           if (who === 'rbd') {
             const hint = r.tcmu.length ? r.tcmu[r.tcmu.length - 1] : job.ioBytes > 65536 ? 2000 : 10000;
             r.rbdBench.push(Math.round(rbdBench(c, image, job, seconds, hint)));
+          } else if (who === 'fio') {
+            const f = fioRbd(c, image, job, seconds);
+            if (f === undefined) continue;
+            r.fio.push(f);
           } else {
             const t = await tcmuBench(c, image, job, seconds);
             r.tcmu.push(t.iops);
             r.tcmuErrors += t.errors;
             r.tcmuP99Us = t.p99Us;
           }
-          process.stderr.write(`[rbd-bench ${((performance.now() - started) / 1000).toFixed(0)}s] ${job.name.padEnd(20)} ${who.padEnd(5)} ${(who === 'rbd' ? r.rbdBench : r.tcmu).at(-1)} IOPS\n`);
+          process.stderr.write(`[rbd-bench ${((performance.now() - started) / 1000).toFixed(0)}s] ${job.name.padEnd(20)} ${who.padEnd(5)} ${(who === 'rbd' ? r.rbdBench : who === 'fio' ? r.fio : r.tcmu).at(-1)} IOPS\n`);
         }
       }
       r.ratio = Math.round((Math.max(...r.tcmu) / Math.max(...r.rbdBench)) * 1000) / 1000;
+      if (r.fio.length) r.ratioToFio = Math.round((Math.max(...r.tcmu) / Math.max(...r.fio)) * 1000) / 1000;
       results.push(r);
     }
   } finally {
     await c.stop();
   }
-  process.stdout.write('\njob                  rbd bench IOPS   tcmu-ts IOPS   ratio (best of each)\n');
+  process.stdout.write('\njob                  rbd bench IOPS  fio rbd IOPS   tcmu-ts IOPS  vs rbd bench  vs fio (best of each)\n');
   for (const r of results) {
-    process.stdout.write(`${r.job.padEnd(20)} ${String(Math.max(...r.rbdBench)).padStart(14)} ${String(Math.max(...r.tcmu)).padStart(14)}   ${r.ratio.toFixed(2)}${r.tcmuErrors ? `  (${r.tcmuErrors} errors)` : ''}\n`);
+    const fio = r.fio.length ? String(Math.max(...r.fio)) : '-';
+    process.stdout.write(`${r.job.padEnd(20)} ${String(Math.max(...r.rbdBench)).padStart(14)} ${fio.padStart(13)} ${String(Math.max(...r.tcmu)).padStart(14)}  ${r.ratio.toFixed(2).padStart(12)}  ${(r.ratioToFio?.toFixed(2) ?? '-').padStart(6)}${r.tcmuErrors ? `  (${r.tcmuErrors} errors)` : ''}\n`);
   }
   const dir = join(BENCH_DIR, 'results');
   mkdirSync(dir, { recursive: true });

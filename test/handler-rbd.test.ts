@@ -322,6 +322,8 @@ describe('rbd handler on a real Ceph cluster', function () {
       return { ...makeHandlerDevice({ cfgstring: cfg(image), name: who, numLbas: (16 * MiB) / BS }), notifyLockLost: () => lost.push(who) };
     }
     const block = (v: number) => new Uint8Array(BS).fill(v);
+    /** The OSD blocklist's addresses (`ceph osd blocklist ls`). */
+    const blocklist = (): string[] => ceph.ceph(['osd', 'blocklist', 'ls']).split('\n').map((l) => l.trim().split(/\s+/)[0]).filter((a) => /\d+\.\d+\.\d+\.\d+:\d+\/\d+/.test(a));
     const io = (lba: number, data: Uint8Array) => makeBlockIo({ lba, blocks: data.length / BS, blockSize: BS, buffers: [data] });
 
     it('taking the lock fences the old holder: its writes fail BUSY and reach nothing until it takes the lock back', async () => {
@@ -349,8 +351,12 @@ describe('rbd handler on a real Ceph cluster', function () {
         const img = exportImage(image);
         expect(img[0], 'the fenced write did not land').to.equal(0xaa);
         expect(img[BS]).to.equal(0xbb);
-        // A takes the lock again with a new client; now B is the fenced one.
+        const blocklisted = blocklist();
+        expect(blocklisted.length, 'breaking the lock blocklisted A').to.be.greaterThan(0);
+        // A takes the lock again with a new client, removing its old client's entry; now B is the fenced one.
         await a.lock!(1);
+        const after = blocklist();
+        for (const e of blocklisted) expect(after, 'the stale entry of A\'s old client is removed').to.not.include(e);
         await a.write!(io(2, block(0xa2)));
         err = undefined;
         try {
