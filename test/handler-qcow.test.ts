@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { makeBlockIo, makeHandlerDevice, type BlockIo, type DeviceHandler, type HandlerDevice } from '@tcmu-ts/core';
 import { qcowHandler, QcowDevice } from '@tcmu-ts/handlers';
-import { KernelSimulator, ScsiStatus, cdbRead16, cdbSynchronizeCache10, cdbWrite16 } from '@tcmu-ts/ring';
+import { KernelSimulator, ScsiStatus, cdbRead16, cdbSynchronizeCache10, cdbUnmap, cdbWrite16, cdbWriteSame16 } from '@tcmu-ts/ring';
 import { serveDevice } from '@tcmu-ts/workers';
 import { checkImage, compareWithRaw, convert, expectClean, qemu, qemuIo, qemuRaw, requireQemuImg, rng, textured } from './fixtures/qcow-tools.js';
 
@@ -232,31 +232,6 @@ describe('qcow handler: writes through the kernel simulator, checked by qemu-img
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  function be(b: Uint8Array, off: number, len: number, v: number): void {
-    for (let i = len - 1; i >= 0; i--, v = Math.floor(v / 256)) b[off + i] = v & 0xff;
-  }
-  function ws16(lba: number, blocks: number, unmapBit: boolean): Uint8Array {
-    const c = new Uint8Array(16);
-    c[0] = 0x93;
-    c[1] = unmapBit ? 0x08 : 0;
-    be(c, 2, 8, lba);
-    be(c, 10, 4, blocks);
-    return c;
-  }
-  function unmapCmd(descs: [number, number][]): { cdb: Uint8Array; data: Uint8Array } {
-    const p = new Uint8Array(8 + descs.length * 16);
-    be(p, 0, 2, 6 + descs.length * 16);
-    be(p, 2, 2, descs.length * 16);
-    descs.forEach(([lba, n], i) => {
-      be(p, 8 + i * 16, 8, lba);
-      be(p, 16 + i * 16, 4, n);
-    });
-    const c = new Uint8Array(10);
-    c[0] = 0x42;
-    be(c, 7, 2, p.length);
-    return { cdb: c, data: p };
-  }
-
   /**
    * Random READ/WRITE/UNMAP/WRITE SAME/SYNCHRONIZE CACHE through the ring,
    * several in flight at once, against a model; then the image is closed
@@ -295,14 +270,14 @@ describe('qcow handler: writes through the kernel simulator, checked by qemu-img
               else if (!Buffer.from(res.dataIn).equals(want)) statuses.push(`${label} READ ${lba}+${blocks}: wrong data`);
             }));
           } else if (x < 0.82) {
-            const u = unmapCmd([[lba, blocks]]);
+            const u = cdbUnmap([[lba, blocks]]);
             model.fill(0, lba * BS, (lba + blocks) * BS);
             batch.push(good(sim.submit(u.cdb, { dataOut: u.data }), 'UNMAP'));
           } else if (x < 0.94) {
             const zero = r() < 0.7;
             const block = zero ? new Uint8Array(BS) : payload(0, 1, 999).fill(round & 0xff, 8);
             for (let i = 0; i < blocks; i++) model.set(block, (lba + i) * BS);
-            batch.push(good(sim.submit(ws16(lba, blocks, zero && r() < 0.5), { dataOut: block }), 'WRITE SAME'));
+            batch.push(good(sim.submit(cdbWriteSame16(lba, blocks, zero && r() < 0.5), { dataOut: block }), 'WRITE SAME'));
           } else batch.push(good(sim.submit(cdbSynchronizeCache10()), 'SYNCHRONIZE CACHE'));
         }
         await Promise.all(batch);

@@ -8,51 +8,17 @@ import { expect } from 'chai';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Initiator, ScsiStatus, type ScsiResponse } from '@tcmu-ts/ring';
+import { Initiator, ScsiStatus, cdbCompareAndWrite as caw, cdbUnmap as unmapCdb, cdbWriteSame16 as writeSame16, type ScsiResponse } from '@tcmu-ts/ring';
 import { HandlerRegistry, decodeSense, makeBlockIo, makeHandlerDevice, type DeviceHandler, type HandlerDevice } from '@tcmu-ts/core';
 import { rbdHandler } from '@tcmu-ts/handlers';
 import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
 import { FixtureProcess } from './fixtures/child.js';
 import { startCephCluster, type CephCluster } from './fixtures/ceph.js';
 import { rng, randInt, randomBytes } from './simulator-harness.test.js';
+import { be32 } from './scsi-helpers.js';
 
 const BS = 512;
 const MiB = 1 << 20;
-
-function put(b: Uint8Array, off: number, len: number, v: number): void {
-  for (let i = len - 1; i >= 0; i--, v = Math.floor(v / 256)) b[off + i] = v & 0xff;
-}
-function be32(b: Uint8Array, o: number): number {
-  return ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
-}
-function unmapCdb(ranges: [lba: number, blocks: number][]): { cdb: Uint8Array; data: Uint8Array } {
-  const data = new Uint8Array(8 + 16 * ranges.length);
-  put(data, 0, 2, data.length - 2);
-  put(data, 2, 2, 16 * ranges.length);
-  ranges.forEach(([lba, n], i) => {
-    put(data, 8 + i * 16, 8, lba);
-    put(data, 16 + i * 16, 4, n);
-  });
-  const cdb = new Uint8Array(10);
-  cdb[0] = 0x42;
-  put(cdb, 7, 2, data.length);
-  return { cdb, data };
-}
-function writeSame16(lba: number, blocks: number, unmap = false): Uint8Array {
-  const c = new Uint8Array(16);
-  c[0] = 0x93;
-  if (unmap) c[1] = 0x08;
-  put(c, 2, 8, lba);
-  put(c, 10, 4, blocks);
-  return c;
-}
-function caw(lba: number, blocks: number): Uint8Array {
-  const c = new Uint8Array(16);
-  c[0] = 0x89;
-  put(c, 2, 8, lba);
-  c[13] = blocks;
-  return c;
-}
 
 function expectGood(r: ScsiResponse, what = 'command'): void {
   expect(r.status, `${what}: ${r.senseInfo ? JSON.stringify(r.senseInfo) : ''}`).to.equal(ScsiStatus.GOOD);

@@ -11,18 +11,9 @@ import {
   Initiator, entryLen, entryOp,
   type CompletionOptions, type RingCommand, type RingEntry, type SharedMap, type SimResult, type SubmitOptions,
 } from '@tcmu-ts/ring';
+import { rng } from './fixtures/prng.js';
+export { rng };
 
-/** Small, fast, seeded PRNG (mulberry32) so failures replay. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function randInt(r: () => number, lo: number, hi: number): number {
   return lo + Math.floor(r() * (hi - lo + 1));

@@ -16,6 +16,7 @@
  * External objects. All of it runs on the one thread that opened the image.
  */
 import net from 'node:net';
+import { constants } from 'node:os';
 import koffi from 'koffi';
 import { ErrnoError, type IoVec } from '@tcmu-ts/core';
 import { errnoName } from '@tcmu-ts/ring';
@@ -28,8 +29,7 @@ export class RbdError extends ErrnoError {
   }
 }
 
-const ESHUTDOWN = 108;
-const ENOENT = 2;
+const { ENOENT } = constants.errno;
 const EVENT_TYPE_PIPE = 1;
 const LOCK_MODE_EXCLUSIVE = 0;
 export const RBD_FEATURE_EXCLUSIVE_LOCK = 1n << 2n;

@@ -23,7 +23,7 @@
  * read+compare+write while the engine holds the range), reconfig (size
  * must match the image), lock API (when the image has exclusive-lock).
  */
-import { hostname } from 'node:os';
+import { constants, hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import {
@@ -35,12 +35,9 @@ import {
 import { mapShared, type SharedMap } from '@tcmu-ts/ring';
 import { CompletionPipe, NativeBuffer, RBD_FEATURE_EXCLUSIVE_LOCK, RadosCluster, RbdError, RbdImage, MAX_IOVECS } from './librbd.js';
 
-const ETIMEDOUT = 110;
+const { ETIMEDOUT, EROFS, EILSEQ, EINVAL, ENOENT } = constants.errno;
+/** What a blocklisted client gets (Linux's ESHUTDOWN, which Node's os.constants.errno does not list). */
 const ESHUTDOWN = 108;
-const EROFS = 30;
-const EILSEQ = 84;
-const EINVAL = 22;
-const ENOENT = 2;
 const LOCK_TAG_KEY = 'tcmu_rbd_locker_tag';
 /** How long probeConfig and a reconnect may wait for the monitors (librados' own default is 300 s). */
 const CONNECT_TIMEOUT_S = '15';

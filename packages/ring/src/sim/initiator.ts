@@ -119,6 +119,41 @@ export function cdbWrite16(lba: number | bigint, blocks: number, f?: RwFlags): U
   return c;
 }
 
+/** UNMAP with its parameter list: one block descriptor per [lba, blocks] range. */
+export function cdbUnmap(ranges: readonly (readonly [lba: number, blocks: number])[]): { cdb: Uint8Array; data: Uint8Array } {
+  const data = new Uint8Array(8 + 16 * ranges.length);
+  u16be(data, 0, data.length - 2);
+  u16be(data, 2, 16 * ranges.length);
+  ranges.forEach(([lba, blocks], i) => {
+    u64be(data, 8 + i * 16, lba);
+    u32be(data, 16 + i * 16, blocks);
+  });
+  const cdb = new Uint8Array(10);
+  cdb[0] = 0x42;
+  u16be(cdb, 7, data.length);
+  return { cdb, data };
+}
+
+/** WRITE SAME(16); the data-out is one block, the pattern. */
+export function cdbWriteSame16(lba: number, blocks: number, unmap = false): Uint8Array {
+  const c = new Uint8Array(16);
+  c[0] = 0x93;
+  if (unmap) c[1] = 0x08;
+  u64be(c, 2, lba);
+  u32be(c, 10, blocks);
+  return c;
+}
+
+/** COMPARE AND WRITE; the data-out is the compare blocks, then the write blocks. */
+export function cdbCompareAndWrite(lba: number, blocks: number): Uint8Array {
+  checkRange('blocks', blocks, 0xff);
+  const c = new Uint8Array(16);
+  c[0] = 0x89;
+  u64be(c, 2, lba);
+  c[13] = blocks;
+  return c;
+}
+
 export function cdbInquiry(allocLen: number, vpdPage?: number): Uint8Array {
   checkRange('allocation length', allocLen, 0xffff);
   const c = new Uint8Array(6);
