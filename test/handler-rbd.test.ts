@@ -15,23 +15,13 @@ import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers'
 import { FixtureProcess } from './fixtures/child.js';
 import { startCephCluster, type CephCluster } from './fixtures/ceph.js';
 import { rng, randInt, randomBytes } from './simulator-harness.test.js';
-import { be32 } from './scsi-helpers.js';
+import { be32, retryBusy } from './scsi-helpers.js';
 
 const BS = 512;
 const MiB = 1 << 20;
 
 function expectGood(r: ScsiResponse, what = 'command'): void {
   expect(r.status, `${what}: ${r.senseInfo ? JSON.stringify(r.senseInfo) : ''}`).to.equal(ScsiStatus.GOOD);
-}
-
-/** Retry while BUSY, as an initiator does; gives up after `ms`. */
-async function retryBusy(send: () => Promise<ScsiResponse>, ms = 20000): Promise<{ r: ScsiResponse; busy: number }> {
-  const end = Date.now() + ms;
-  for (let busy = 0; ; busy++) {
-    const r = await send();
-    if (r.status !== ScsiStatus.BUSY || Date.now() > end) return { r, busy };
-    await new Promise((res) => setTimeout(res, 20));
-  }
 }
 
 describe('rbd handler on a real Ceph cluster', function () {

@@ -98,3 +98,13 @@ export function be64(b: Uint8Array, o: number): bigint {
 export function ascii(b: Uint8Array, from: number, to: number): string {
   return String.fromCharCode(...b.subarray(from, to));
 }
+
+/** An initiator's retry loop: BUSY means "again" (after 10 ms); returns the first other answer and how many BUSYs came first. */
+export async function retryBusy<R extends { status: number }>(send: () => Promise<R>, ms = 20000): Promise<{ r: R; busy: number }> {
+  const end = Date.now() + ms;
+  for (let busy = 0; ; busy++) {
+    const r = await send();
+    if (r.status !== 0x08 || Date.now() > end) return { r, busy };
+    await new Promise((res) => setTimeout(res, 10));
+  }
+}

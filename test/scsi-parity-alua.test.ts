@@ -15,6 +15,7 @@ import { AluaState, HandlerRegistry, decodeSense, type AluaFailover, type AluaGr
 import { Logger } from '@tcmu-ts/core/host';
 import { Daemon, Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
 import { KernelStandIn } from './fixtures/kernel-standin.js';
+import { retryBusy } from './scsi-helpers.js';
 
 const BS = 512;
 const HANDLER = fileURLToPath(new URL('./scsi-parity-handler.test.js', import.meta.url));
@@ -94,15 +95,6 @@ async function until(ok: () => boolean | Promise<boolean>, ms = 5000): Promise<v
   while (!(await ok())) {
     if (Date.now() > end) throw new Error('timed out waiting');
     await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-/** Retry while BUSY, as an initiator does; returns the first other answer and how many BUSYs came first. */
-async function retryBusy(send: () => Promise<ScsiResponse>): Promise<{ r: ScsiResponse; busy: number }> {
-  for (let busy = 0; ; busy++) {
-    const r = await send();
-    if (r.status !== ScsiStatus.BUSY || busy > 200) return { r, busy };
-    await new Promise((res) => setTimeout(res, 10));
   }
 }
 

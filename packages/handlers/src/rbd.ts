@@ -199,38 +199,34 @@ class RbdDevice implements DeviceHandler {
   // ------------------------------------------------------------ IO
 
   read(io: BlockIo): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (!this.usable(reject)) return;
-      const ring = this.ring;
-      if (ring && io.iovecs && io.iovecs.length <= MAX_IOVECS) {
-        this.image.readv(io.iovecs, ring.address, io.offset, (rc) => (rc < 0 ? reject(this.failure(rc, 'read', io)) : resolve()));
-        return;
-      }
-      const bounce = new NativeBuffer(io.length);
-      this.image.readv(bounce.iovecs, bounce.address, io.offset, (rc) => {
-        if (rc >= 0) copyToBuffers(io.buffers, bounce.bytes);
-        bounce.free();
-        if (rc < 0) reject(this.failure(rc, 'read', io));
-        else resolve();
-      });
-    });
+    return this.transfer(io, false);
   }
 
   write(io: BlockIo): Promise<void> {
+    return this.transfer(io, true);
+  }
+
+  /** readv/writev on the ring's pages; buffers outside the ring (or too many iovecs) go through a bounce buffer. */
+  private transfer(io: BlockIo, write: boolean): Promise<void> {
     return new Promise((resolve, reject) => {
       if (!this.usable(reject)) return;
+      const what = write ? 'write' : 'read';
       const ring = this.ring;
-      if (ring && io.iovecs && io.iovecs.length <= MAX_IOVECS) {
-        this.image.writev(io.iovecs, ring.address, io.offset, (rc) => (rc < 0 ? reject(this.failure(rc, 'write', io)) : resolve()));
-        return;
-      }
-      const bounce = new NativeBuffer(io.length);
-      copyFromBuffers(io.buffers, bounce.bytes);
-      this.image.writev(bounce.iovecs, bounce.address, io.offset, (rc) => {
-        bounce.free();
-        if (rc < 0) reject(this.failure(rc, 'write', io));
+      const direct = ring !== undefined && io.iovecs !== undefined && io.iovecs.length <= MAX_IOVECS;
+      const bounce = direct ? undefined : new NativeBuffer(io.length);
+      if (bounce && write) copyFromBuffers(io.buffers, bounce.bytes);
+      const settle = (rc: number): void => {
+        if (bounce) {
+          if (rc >= 0 && !write) copyToBuffers(io.buffers, bounce.bytes);
+          bounce.free();
+        }
+        if (rc < 0) reject(this.failure(rc, what, io));
         else resolve();
-      });
+      };
+      const iovecs = bounce ? bounce.iovecs : io.iovecs!;
+      const base = bounce ? bounce.address : ring!.address;
+      if (write) this.image.writev(iovecs, base, io.offset, settle);
+      else this.image.readv(iovecs, base, io.offset, settle);
     });
   }
 
