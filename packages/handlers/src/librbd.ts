@@ -248,7 +248,7 @@ export interface ImageInfo {
   objectSize: number;
 }
 
-/** Who holds an image's exclusive lock, as rbd_lock_get_owners names them ("auto <id>"). */
+/** Who holds an image's exclusive lock, as rbd_lock_get_owners names them (the client's address, "127.0.0.1:0/<nonce>"). */
 export type LockOwner = string;
 
 /** What an op record reports back. */

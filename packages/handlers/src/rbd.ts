@@ -431,6 +431,7 @@ class RbdDevice implements DeviceHandler {
   private reconnect(why: string): void {
     this.dev.log.warn(`reconnecting to the cluster (${why})`);
     const old = this.fenced ? this.address : '';
+    const oldAddress = this.connected ? this.address : '';
     if (this.connected) this.closeImage();
     this.connected = false;
     this.lastAttempt = performance.now();
@@ -444,6 +445,14 @@ class RbdDevice implements DeviceHandler {
     }
     this.cluster = cluster;
     this.connected = true;
+    // The client we just shut down may still be named the lock owner, and would stay so until its
+    // watch times out (about 30 s of BUSY): it is ours and gone, so break its lock now.
+    const owner = safe(() => this.image.lockOwner(), undefined);
+    if (owner && oldAddress.includes(owner)) {
+      this.dev.log.info(`breaking the image lock our previous client (${owner}) still holds`);
+      safe(() => this.image.breakLock(owner), undefined);
+      if (!old) staleAddresses.push(oldAddress);
+    }
     if (old) staleAddresses.push(old);
     this.fenced = false;
     this.reconnectWanted = false;
