@@ -15,13 +15,16 @@
 #      write job completes without error, a verify-only pass checks every write
 #   G. iSCSI export (LIO iscsi on 127.0.0.1:3260, demo mode) of a ram backstore,
 #      libiscsi's iscsi-test-cu SCSI suites (per-suite logs, counted in the report)
+#   Q. a qcow2 image (qemu-img create, 64 KiB clusters) through our `qcow` handler: fio
+#      crc32c verify, qemu-img check of the live image, ext4 as in D, then with the image
+#      closed: qemu-img check (no corruption, no leak) and qemu-img compare with a dump
 #   Z. teardown with our CLI, clean daemon stop
 #   H. (after Z) three short fio jobs, 4 KiB randrw QD8 and QD32, 128 KiB randrw
 #      QD8, each through tcmu-ts (file handler) and through Debian's tcmu-runner
 #      (qcow handler on a raw file), back to back, one daemon at a time, the side
 #      that goes first alternating; the report has both and the ratios
 #   kernel log clean
-# Env (run.mjs --env NAME=VALUE): TS_PHASES (default ABCDEFGH; A is always run),
+# Env (run.mjs --env NAME=VALUE): TS_PHASES (default ABCDEFGQH; A is always run),
 # TS_CU_SUITES (space-free comma list of iscsi-test-cu suites, overrides the default set),
 # TS_BENCH_SECONDS (fio runtime per job and daemon in H after a 3 s ramp, default 15; 6 jobs),
 # TS_BENCH_FIRST (tcmu-ts or tcmu-runner: the side that runs H's first job first, default tcmu-ts),
@@ -35,7 +38,7 @@
 . "$TCMU_REPO/test/kernel/lib.sh"
 . "$TCMU_REPO/test/kernel/tcmu-ts-lib.sh"
 
-PHASES=${TS_PHASES:-ABCDEFGH}
+PHASES=${TS_PHASES:-ABCDEFGQH}
 phase() { [[ $PHASES == *"$1"* ]]; }
 BENCH_S=${TS_BENCH_SECONDS:-15}
 MB=$((1024 * 1024))
@@ -242,36 +245,42 @@ if phase C; then
 fi
 
 # ---------------------------------------------------------------- D. ext4
-if phase D && [ -b "/dev/$SD_FILE" ]; then
-  t0=$EPOCHREALTIME
+# ext4_checks P SD: mkfs, files, sync, umount, fsck -fn, remount read-only after dropping
+# the page cache, sha256 compare (also phase Q's, on the qcow disk)
+ext4_checks() {
+  local P=$1 dev=/dev/$2 out rc i
   mkdir -p /mnt/ts
-  mkfs.ext4 -q -F "/dev/$SD_FILE" >/tmp/mkfs.out 2>&1; tk_eq "D mkfs.ext4" 0 $?
+  mkfs.ext4 -q -F "$dev" >/tmp/mkfs.out 2>&1; tk_eq "$P mkfs.ext4" 0 $?
   sed 's/^/  mkfs: /' /tmp/mkfs.out
-  if mount -t ext4 "/dev/$SD_FILE" /mnt/ts; then
-    tk_pass "D mount"
+  if mount -t ext4 "$dev" /mnt/ts; then
+    tk_pass "$P mount"
     mkdir -p /mnt/ts/a/b/c
     for i in $(seq 1 12); do head -c $((i * 96 * 1024 + i)) /dev/urandom >"/mnt/ts/a/f$i"; done
     head -c $((6 * MB)) /dev/urandom >/mnt/ts/a/b/c/big
     seq 1 20000 >/mnt/ts/a/b/numbers.txt
     (cd /mnt/ts && find . -type f -print0 | sort -z | xargs -0 sha256sum) >/tmp/sums
-    sync; tk_eq "D sync" 0 $?
-    umount /mnt/ts; tk_eq "D umount" 0 $?
-    out=$(fsck.ext4 -fn "/dev/$SD_FILE" 2>&1); rc=$?
-    tk_eq "D fsck.ext4 -fn clean" 0 $rc
+    sync; tk_eq "$P sync" 0 $?
+    umount /mnt/ts; tk_eq "$P umount" 0 $?
+    out=$(fsck.ext4 -fn "$dev" 2>&1); rc=$?
+    tk_eq "$P fsck.ext4 -fn clean" 0 $rc
     [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  fsck: /' | head -20
     echo 3 >/proc/sys/vm/drop_caches
-    if mount -t ext4 -o ro "/dev/$SD_FILE" /mnt/ts; then
-      tk_pass "D remount"
+    if mount -t ext4 -o ro "$dev" /mnt/ts; then
+      tk_pass "$P remount"
       out=$(cd /mnt/ts && sha256sum -c --quiet /tmp/sums 2>&1); rc=$?
-      tk_eq "D sha256 of $(grep -c . /tmp/sums) files after remount" 0 $rc
+      tk_eq "$P sha256 of $(grep -c . /tmp/sums) files after remount" 0 $rc
       [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  sha256sum: /' | head
       umount /mnt/ts
     else
-      tk_fail "D remount"
+      tk_fail "$P remount"
     fi
   else
-    tk_fail "D mount"
+    tk_fail "$P mount"
   fi
+}
+if phase D && [ -b "/dev/$SD_FILE" ]; then
+  t0=$EPOCHREALTIME
+  ext4_checks D "$SD_FILE"
   tk_timing D_ext4 "$(tk_since "$t0")"
 fi
 
@@ -420,8 +429,81 @@ if phase G; then
   ts_cli delete tsiscsi >/dev/null 2>&1; tk_eq "G delete tsiscsi" 0 $?
 fi
 
+# ---------------------------------------------------------------- Q. qcow2 image (qcow handler)
+# A qcow2 image made by qemu-img (v3, 64 KiB clusters, nothing preallocated: the first write
+# to a cluster allocates it, the first ones an L2 table and refcount entries too), served by
+# the A daemon's qcow handler through tcm_loop: fio crc32c verify (4 KiB random, 128 KiB
+# sequential, 4-192 KiB random sizes that straddle cluster boundaries), `qemu-img check`
+# of the live image (the handler writes metadata through at once, so an idle image is
+# consistent; its reserved clusters count as leaks), ext4 as in D (mkfs.ext4 discards, so
+# UNMAP frees clusters), a dump of the whole disk, then with the backstore gone (image
+# closed): `qemu-img check` with no corruption and no leak, and `qemu-img compare` of the
+# image with the dump: qemu, the format's reference, reads what our daemon served.
+QCOW_IMG=/tmp/ts-qcow.qcow2
+QCOW_SIZE=$((128 * MB))
+# q_check NAME IMAGE [OPTIONS...]: `qemu-img check` finds no corruption and no check error
+# (exit 0 clean, 3 leaks only: wasted space, no harm to data); the detail has the leak count
+# and the allocation line. Sets Q_LEAKS.
+q_check() {
+  local name=$1 img=$2 out rc; shift 2
+  out=$(qemu-img check "$@" "$img" 2>&1); rc=$?
+  Q_LEAKS=0
+  [[ $out =~ ([0-9]+)\ leaked\ cluster ]] && Q_LEAKS=${BASH_REMATCH[1]}
+  local alloc; alloc=$(printf '%s\n' "$out" | grep -m1 'allocated')
+  if [ $rc = 0 ] || [ $rc = 3 ]; then
+    tk_pass "$name" "exit $rc, $Q_LEAKS leaked clusters; $alloc"
+  else
+    tk_fail "$name" "exit $rc: $(printf '%s\n' "$out" | grep -v '^Leaked' | head -6)"
+  fi
+  [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  qemu-img check: /' | head -12
+}
+_q_released() {   # the daemon closed tsqcow's handler (after `delete`)
+  local l
+  while IFS= read -r l; do [[ $l == *'tsqcow: uio'*': released'* ]] && return 0; done <"$TS_OUT"
+  return 1
+}
+if phase Q; then
+  t0=$EPOCHREALTIME
+  rm -f "$QCOW_IMG"
+  out=$(qemu-img create -f qcow2 -o cluster_size=64k "$QCOW_IMG" $QCOW_SIZE 2>&1); rc=$?
+  tk_eq "Q qemu-img create -f qcow2 -o cluster_size=64k, $((QCOW_SIZE / MB)) MiB" 0 $rc
+  [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  qemu-img: /'
+  SD_QCOW=$(ts_create tsqcow "qcow/$QCOW_IMG" $QCOW_SIZE)
+  tk_match "Q create tsqcow --loop gives a disk" '^sd[a-z]+$' "$SD_QCOW"
+  tk_check "Q tsqcow served as qcow2 v3 with 64 KiB clusters (log)" ts_log_has "qcow: qcow2 v3, 64 KiB clusters, 16-bit refcounts, $QCOW_SIZE bytes: $QCOW_IMG"
+  tk_timing Q_create "$(tk_since "$t0")"
+fi
+if phase Q && [ -b "/dev/$SD_QCOW" ]; then
+  dev=/dev/$SD_QCOW
+  ts_fio verify-4k-randwrite-qd32-tsqcow --filename=$dev "${FIO_COMMON[@]}" --rw=randwrite --bs=4k --iodepth=32 --size=16M --do_verify=1
+  tk_eq "Q fio 4 KiB randwrite QD32 + crc32c verify (clusters allocated by 4 KiB writes)" 0 $?
+  ts_fio verify-128k-seq-qd8-tsqcow --filename=$dev "${FIO_COMMON[@]}" --rw=write --bs=128k --iodepth=8 --offset=16M --size=32M --do_verify=1
+  tk_eq "Q fio 128 KiB sequential write QD8 + crc32c verify" 0 $?
+  ts_fio verify-4-192k-randwrite-qd16-tsqcow --filename=$dev "${FIO_COMMON[@]}" --rw=randwrite --bsrange=4k-192k --iodepth=16 --offset=48M --size=32M --do_verify=1
+  tk_eq "Q fio 4-192 KiB randwrite QD16 + crc32c verify (writes across cluster boundaries)" 0 $?
+  # fio's last writes have completed (and fio flushed); -U: the image is open in the daemon
+  q_check "Q qemu-img check -U of the live image: no corruption" "$QCOW_IMG" -U
+  t1=$EPOCHREALTIME
+  ext4_checks "Q tsqcow" "$SD_QCOW"
+  tk_timing Q_ext4 "$(tk_since "$t1")"
+  dd if=$dev of=/tmp/qcow-dump.raw bs=1M iflag=direct status=none
+  tk_eq "Q dump of /dev/$SD_QCOW ($((QCOW_SIZE / MB)) MiB)" $QCOW_SIZE "$(stat -c %s /tmp/qcow-dump.raw)"
+  out=$(ts_cli delete tsqcow 2>&1); tk_eq "Q delete tsqcow" 0 $?
+  printf '%s\n' "$out" | sed 's/^/  delete: /'
+  # wait for the handler's close (unused reserved clusters go back there), not for a fixed time
+  tk_wait 30 _q_released; tk_eq "Q tsqcow released by the daemon (image closed)" 0 $?
+  q_check "Q qemu-img check after close: no corruption" "$QCOW_IMG"
+  tk_eq "Q qemu-img check after close: no leaked cluster" 0 "$Q_LEAKS"
+  out=$(qemu-img compare -f qcow2 -F raw "$QCOW_IMG" /tmp/qcow-dump.raw 2>&1); rc=$?
+  tk_eq "Q qemu-img compare: the image reads as the disk served it" 0 $rc
+  printf '%s\n' "$out" | sed 's/^/  qemu-img compare: /' | head -4
+  qemu-img info "$QCOW_IMG" 2>&1 | grep -E 'disk size|cluster_size|compat' | sed 's/^/  qemu-img info: /'
+  rm -f /tmp/qcow-dump.raw
+  tk_timing Q_total "$(tk_since "$t0")"
+fi
+
 # ---------------------------------------------------------------- Z. our teardown (before H: H starts daemons of its own)
-for n in tsfile tsram; do
+for n in tsfile tsram tsqcow; do
   [ -d "$CFG/core/user_0/$n" ] || continue
   out=$(ts_cli delete $n 2>&1); tk_eq "Z delete $n" 0 $?
   printf '%s\n' "$out" | sed 's/^/  delete: /'
