@@ -7,7 +7,8 @@
 #   .vm-cache/vm/root.img         ext4 image of a debootstrap minbase bookworm root with
 #                                 sg3-utils, fio, libiscsi-bin, tcmu-runner, targetcli-fb,
 #                                 dbus, qemu-utils (qemu-img: creates and checks the qcow2
-#                                 images of tcmu-ts.sh; about 3 MB more to download), the
+#                                 images of tcmu-ts.sh; 1.4 MB more to download, 7 MB
+#                                 installed; a prepare from nothing took 75 s with it), the
 #                                 host's node binary and the target modules
 #   .vm-cache/vm/modules.load     guest paths of the .ko files to insmod, in order
 #   .vm-cache/vm/manifest.env     kernel release, node version, sizes (sourced by run.sh)
