@@ -15,15 +15,22 @@
 #      write job completes without error, a verify-only pass checks every write
 #   G. iSCSI export (LIO iscsi on 127.0.0.1:3260, demo mode) of a ram backstore,
 #      libiscsi's iscsi-test-cu SCSI suites (per-suite logs, counted in the report)
+#   Q. a qcow2 image (qemu-img create, 64 KiB clusters) through our `qcow` handler: fio
+#      crc32c verify, qemu-img check of the live image, ext4 as in D, then with the image
+#      closed: qemu-img check (no corruption, no leak) and qemu-img compare with a dump
 #   Z. teardown with our CLI, clean daemon stop
 #   H. (after Z) three short fio jobs, 4 KiB randrw QD8 and QD32, 128 KiB randrw
-#      QD8, each through tcmu-ts (file handler) and through Debian's tcmu-runner
-#      (qcow handler on a raw file), back to back, one daemon at a time, the side
-#      that goes first alternating; the report has both and the ratios
+#      QD8, each through tcmu-ts and through Debian's tcmu-runner, back to back, one
+#      daemon at a time, the side that goes first alternating, on two backends: a raw
+#      file (tcmu-ts `file`, tcmu-runner `qcow` in raw mode) and a qcow2 image (`qcow`
+#      on both, a fresh copy of the same image for each daemon); the report has both
+#      and the ratios
 #   kernel log clean
-# Env (run.mjs --env NAME=VALUE): TS_PHASES (default ABCDEFGH; A is always run),
+# Env (run.mjs --env NAME=VALUE): TS_PHASES (default ABCDEFGQH; A is always run),
 # TS_CU_SUITES (space-free comma list of iscsi-test-cu suites, overrides the default set),
-# TS_BENCH_SECONDS (fio runtime per job and daemon in H after a 3 s ramp, default 15; 6 jobs),
+# TS_BENCH_SECONDS (fio runtime per job and daemon in H after a 3 s ramp, default 15; 12 jobs),
+# TS_BENCH_BACKENDS (H's backends, comma list: file, qcow; default file,qcow),
+# TS_BENCH_QCOW_PREALLOC (qemu-img preallocation of H's qcow2 image: off, metadata, falloc, full; default full),
 # TS_BENCH_FIRST (tcmu-ts or tcmu-runner: the side that runs H's first job first, default tcmu-ts),
 # TS_BENCH_WCE (attrib/emulate_write_cache of H's disks, default 1: write-back, as tcmu-runner's qcow),
 # TS_BENCH_WARMUP_SECONDS (untimed fio at every daemon start in H, default 5),
@@ -35,7 +42,7 @@
 . "$TCMU_REPO/test/kernel/lib.sh"
 . "$TCMU_REPO/test/kernel/tcmu-ts-lib.sh"
 
-PHASES=${TS_PHASES:-ABCDEFGH}
+PHASES=${TS_PHASES:-ABCDEFGQH}
 phase() { [[ $PHASES == *"$1"* ]]; }
 BENCH_S=${TS_BENCH_SECONDS:-15}
 MB=$((1024 * 1024))
@@ -242,36 +249,42 @@ if phase C; then
 fi
 
 # ---------------------------------------------------------------- D. ext4
-if phase D && [ -b "/dev/$SD_FILE" ]; then
-  t0=$EPOCHREALTIME
+# ext4_checks P SD: mkfs, files, sync, umount, fsck -fn, remount read-only after dropping
+# the page cache, sha256 compare (also phase Q's, on the qcow disk)
+ext4_checks() {
+  local P=$1 dev=/dev/$2 out rc i
   mkdir -p /mnt/ts
-  mkfs.ext4 -q -F "/dev/$SD_FILE" >/tmp/mkfs.out 2>&1; tk_eq "D mkfs.ext4" 0 $?
+  mkfs.ext4 -q -F "$dev" >/tmp/mkfs.out 2>&1; tk_eq "$P mkfs.ext4" 0 $?
   sed 's/^/  mkfs: /' /tmp/mkfs.out
-  if mount -t ext4 "/dev/$SD_FILE" /mnt/ts; then
-    tk_pass "D mount"
+  if mount -t ext4 "$dev" /mnt/ts; then
+    tk_pass "$P mount"
     mkdir -p /mnt/ts/a/b/c
     for i in $(seq 1 12); do head -c $((i * 96 * 1024 + i)) /dev/urandom >"/mnt/ts/a/f$i"; done
     head -c $((6 * MB)) /dev/urandom >/mnt/ts/a/b/c/big
     seq 1 20000 >/mnt/ts/a/b/numbers.txt
     (cd /mnt/ts && find . -type f -print0 | sort -z | xargs -0 sha256sum) >/tmp/sums
-    sync; tk_eq "D sync" 0 $?
-    umount /mnt/ts; tk_eq "D umount" 0 $?
-    out=$(fsck.ext4 -fn "/dev/$SD_FILE" 2>&1); rc=$?
-    tk_eq "D fsck.ext4 -fn clean" 0 $rc
+    sync; tk_eq "$P sync" 0 $?
+    umount /mnt/ts; tk_eq "$P umount" 0 $?
+    out=$(fsck.ext4 -fn "$dev" 2>&1); rc=$?
+    tk_eq "$P fsck.ext4 -fn clean" 0 $rc
     [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  fsck: /' | head -20
     echo 3 >/proc/sys/vm/drop_caches
-    if mount -t ext4 -o ro "/dev/$SD_FILE" /mnt/ts; then
-      tk_pass "D remount"
+    if mount -t ext4 -o ro "$dev" /mnt/ts; then
+      tk_pass "$P remount"
       out=$(cd /mnt/ts && sha256sum -c --quiet /tmp/sums 2>&1); rc=$?
-      tk_eq "D sha256 of $(grep -c . /tmp/sums) files after remount" 0 $rc
+      tk_eq "$P sha256 of $(grep -c . /tmp/sums) files after remount" 0 $rc
       [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  sha256sum: /' | head
       umount /mnt/ts
     else
-      tk_fail "D remount"
+      tk_fail "$P remount"
     fi
   else
-    tk_fail "D mount"
+    tk_fail "$P mount"
   fi
+}
+if phase D && [ -b "/dev/$SD_FILE" ]; then
+  t0=$EPOCHREALTIME
+  ext4_checks D "$SD_FILE"
   tk_timing D_ext4 "$(tk_since "$t0")"
 fi
 
@@ -420,8 +433,81 @@ if phase G; then
   ts_cli delete tsiscsi >/dev/null 2>&1; tk_eq "G delete tsiscsi" 0 $?
 fi
 
+# ---------------------------------------------------------------- Q. qcow2 image (qcow handler)
+# A qcow2 image made by qemu-img (v3, 64 KiB clusters, nothing preallocated: the first write
+# to a cluster allocates it, the first ones an L2 table and refcount entries too), served by
+# the A daemon's qcow handler through tcm_loop: fio crc32c verify (4 KiB random, 128 KiB
+# sequential, 4-192 KiB random sizes that straddle cluster boundaries), `qemu-img check`
+# of the live image (the handler writes metadata through at once, so an idle image is
+# consistent; its reserved clusters count as leaks), ext4 as in D (mkfs.ext4 discards, so
+# UNMAP frees clusters), a dump of the whole disk, then with the backstore gone (image
+# closed): `qemu-img check` with no corruption and no leak, and `qemu-img compare` of the
+# image with the dump: qemu, the format's reference, reads what our daemon served.
+QCOW_IMG=/tmp/ts-qcow.qcow2
+QCOW_SIZE=$((128 * MB))
+# q_check NAME IMAGE [OPTIONS...]: `qemu-img check` finds no corruption and no check error
+# (exit 0 clean, 3 leaks only: wasted space, no harm to data); the detail has the leak count
+# and the allocation line. Sets Q_LEAKS.
+q_check() {
+  local name=$1 img=$2 out rc; shift 2
+  out=$(qemu-img check "$@" "$img" 2>&1); rc=$?
+  Q_LEAKS=0
+  [[ $out =~ ([0-9]+)\ leaked\ cluster ]] && Q_LEAKS=${BASH_REMATCH[1]}
+  local alloc; alloc=$(printf '%s\n' "$out" | grep -m1 'allocated')
+  if [ $rc = 0 ] || [ $rc = 3 ]; then
+    tk_pass "$name" "exit $rc, $Q_LEAKS leaked clusters; $alloc"
+  else
+    tk_fail "$name" "exit $rc: $(printf '%s\n' "$out" | grep -v '^Leaked' | head -6)"
+  fi
+  [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  qemu-img check: /' | head -12
+}
+_q_released() {   # the daemon closed tsqcow's handler (after `delete`)
+  local l
+  while IFS= read -r l; do [[ $l == *'tsqcow: uio'*': released'* ]] && return 0; done <"$TS_OUT"
+  return 1
+}
+if phase Q; then
+  t0=$EPOCHREALTIME
+  rm -f "$QCOW_IMG"
+  out=$(qemu-img create -f qcow2 -o cluster_size=64k "$QCOW_IMG" $QCOW_SIZE 2>&1); rc=$?
+  tk_eq "Q qemu-img create -f qcow2 -o cluster_size=64k, $((QCOW_SIZE / MB)) MiB" 0 $rc
+  [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  qemu-img: /'
+  SD_QCOW=$(ts_create tsqcow "qcow/$QCOW_IMG" $QCOW_SIZE)
+  tk_match "Q create tsqcow --loop gives a disk" '^sd[a-z]+$' "$SD_QCOW"
+  tk_check "Q tsqcow served as qcow2 v3 with 64 KiB clusters (log)" ts_log_has "qcow: qcow2 v3, 64 KiB clusters, 16-bit refcounts, $QCOW_SIZE bytes: $QCOW_IMG"
+  tk_timing Q_create "$(tk_since "$t0")"
+fi
+if phase Q && [ -b "/dev/$SD_QCOW" ]; then
+  dev=/dev/$SD_QCOW
+  ts_fio verify-4k-randwrite-qd32-tsqcow --filename=$dev "${FIO_COMMON[@]}" --rw=randwrite --bs=4k --iodepth=32 --size=16M --do_verify=1
+  tk_eq "Q fio 4 KiB randwrite QD32 + crc32c verify (clusters allocated by 4 KiB writes)" 0 $?
+  ts_fio verify-128k-seq-qd8-tsqcow --filename=$dev "${FIO_COMMON[@]}" --rw=write --bs=128k --iodepth=8 --offset=16M --size=32M --do_verify=1
+  tk_eq "Q fio 128 KiB sequential write QD8 + crc32c verify" 0 $?
+  ts_fio verify-4-192k-randwrite-qd16-tsqcow --filename=$dev "${FIO_COMMON[@]}" --rw=randwrite --bsrange=4k-192k --iodepth=16 --offset=48M --size=32M --do_verify=1
+  tk_eq "Q fio 4-192 KiB randwrite QD16 + crc32c verify (writes across cluster boundaries)" 0 $?
+  # fio's last writes have completed (and fio flushed); -U: the image is open in the daemon
+  q_check "Q qemu-img check -U of the live image: no corruption" "$QCOW_IMG" -U
+  t1=$EPOCHREALTIME
+  ext4_checks "Q tsqcow" "$SD_QCOW"
+  tk_timing Q_ext4 "$(tk_since "$t1")"
+  dd if=$dev of=/tmp/qcow-dump.raw bs=1M iflag=direct status=none
+  tk_eq "Q dump of /dev/$SD_QCOW ($((QCOW_SIZE / MB)) MiB)" $QCOW_SIZE "$(stat -c %s /tmp/qcow-dump.raw)"
+  out=$(ts_cli delete tsqcow 2>&1); tk_eq "Q delete tsqcow" 0 $?
+  printf '%s\n' "$out" | sed 's/^/  delete: /'
+  # wait for the handler's close (unused reserved clusters go back there), not for a fixed time
+  tk_wait 30 _q_released; tk_eq "Q tsqcow released by the daemon (image closed)" 0 $?
+  q_check "Q qemu-img check after close: no corruption" "$QCOW_IMG"
+  tk_eq "Q qemu-img check after close: no leaked cluster" 0 "$Q_LEAKS"
+  out=$(qemu-img compare -f qcow2 -F raw "$QCOW_IMG" /tmp/qcow-dump.raw 2>&1); rc=$?
+  tk_eq "Q qemu-img compare: the image reads as the disk served it" 0 $rc
+  printf '%s\n' "$out" | sed 's/^/  qemu-img compare: /' | head -4
+  qemu-img info "$QCOW_IMG" 2>&1 | grep -E 'disk size|cluster_size|compat' | sed 's/^/  qemu-img info: /'
+  rm -f /tmp/qcow-dump.raw "$QCOW_IMG"   # tmpfs: the guest's RAM, H needs its share
+  tk_timing Q_total "$(tk_since "$t0")"
+fi
+
 # ---------------------------------------------------------------- Z. our teardown (before H: H starts daemons of its own)
-for n in tsfile tsram; do
+for n in tsfile tsram tsqcow; do
   [ -d "$CFG/core/user_0/$n" ] || continue
   out=$(ts_cli delete $n 2>&1); tk_eq "Z delete $n" 0 $?
   printf '%s\n' "$out" | sed 's/^/  delete: /'
@@ -437,19 +523,28 @@ errs=$(grep -h '\[ERROR\]' "$TCMU_OUT"/tcmu-ts-*.out 2>/dev/null)
 if [ -z "$errs" ]; then tk_pass "Z no ERROR in the daemon's log"; else tk_fail "Z no ERROR in the daemon's log" "$(printf '%s' "$errs" | head -3 | tr '\n' ' ')"; fi
 
 # ---------------------------------------------------------------- H. side by side with tcmu-runner
-# After Z: the A-G daemon and its disks are gone, so each side is a fresh daemon serving one
-# bench disk and nothing else, one daemon at a time (both want org.kernel.TCMUService1, and
-# each logs an error for a device whose handler it lacks). Both disks are made the same way
-# (tk_user_dev + tk_loop_export, same attributes), over the same 64 MiB raw file on the
-# guest's tmpfs, zero-filled once (every page allocated before either side runs): `file` for
-# tcmu-ts, `qcow` (raw mode) for tcmu-runner.
+# After Z: the A-G daemon and its disks are gone, so each side is a fresh daemon serving its
+# bench disks and nothing else, one daemon at a time (both want org.kernel.TCMUService1, and
+# each logs an error for a device whose handler it lacks). Two bench disks per session (one
+# per backend, TS_BENCH_BACKENDS, default file,qcow), made the same way on both sides
+# (tk_user_dev + tk_loop_export on a tcm_loop target each, same attributes), on the guest's
+# tmpfs:
+#   file  the same 64 MiB raw file, zero-filled once (every page allocated before either side
+#         runs): `file` for tcmu-ts, `qcow` (raw mode) for tcmu-runner
+#   qcow  a 64 MiB qcow2 image, v3, 64 KiB clusters, made once by qemu-img with
+#         preallocation=TS_BENCH_QCOW_PREALLOC (default full: L2 tables and data clusters
+#         allocated and zero-filled, so the jobs measure the lookup and the data path, not
+#         cluster allocation; `off` measures allocation too), copied afresh at every daemon
+#         start, served by `qcow` on both sides (tcmu-runner wants the device size to be the
+#         virtual size: 64 MiB on both); after each session `qemu-img check` of the copy (a
+#         check for tcmu-ts's, a log line for tcmu-runner's)
 # Write cache: tcmu-runner's qcow handler reports WCE=1 (write-back) even with the kernel's
 # default attrib/emulate_write_cache=0 (sd: "Write cache: enabled"); tcmu-ts follows the
 # attribute, and 0 makes it write through (fdatasync after every write). The same
 # durability on both sides means write-back:
 # attrib/emulate_write_cache=1 before enable (our CLI has no option for it, hence no
 # `create --loop` here). TS_BENCH_WCE=0 measures the kernel default instead.
-# Jobs: fio randrw 50/50 over the first 48 MiB, libaio,
+# Jobs, for each backend: fio randrw 50/50 over the first 48 MiB, libaio,
 # O_DIRECT, BENCH_S s after a 3 s ramp (JIT warm-up, first-touch work), same random sequence:
 #   4k-qd8    per-command cost at a moderate queue depth (the original job)
 #   4k-qd32   the same with 4x the commands in flight: how each daemon overlaps and batches
@@ -458,54 +553,65 @@ if [ -z "$errs" ]; then tk_pass "Z no ERROR in the daemon's log"; else tk_fail "
 #             the data path (copies between the ring's data area and the file). QD8 x 128 KiB
 #             = 1 MiB in flight, far inside the data area, so the job stays bound by the data
 #             path rather than queueing; QD32 would only lengthen the queue in front of it.
-#             Both disks get hw_max_sectors=256 so a 128 KiB I/O is one SCSI command (the
+#             All disks get hw_max_sectors=256 so a 128 KiB I/O is one SCSI command (the
 #             kernel's default of 128 blocks would split it into two 64 KiB commands).
+# (fio names: bench-<job>-<side> for file, bench-qcow-<job>-<side> for qcow.)
 # Order: each job runs on both sides back to back (same host load, as far as a shared host
 # allows), and the side that goes first alternates from job to job, so neither side always
-# goes first, or always runs right after a daemon start:
-#   tcmu-ts[4k-qd8] tcmu-runner[4k-qd8 4k-qd32] tcmu-ts[4k-qd32 128k-qd8] tcmu-runner[128k-qd8]
-# Four daemon sessions, each starting with an untimed warm-up (TS_BENCH_WARMUP_SECONDS, 5 s,
-# both block sizes), so that no measured job pays for a daemon's cold start (JIT, first
-# touches) and the job right after a start is not at a disadvantage. Switching costs ~2 s
-# (tcmu-runner) to ~7 s (tcmu-ts: node start-up) on a quiet host. TS_BENCH_FIRST=tcmu-runner
-# mirrors the pattern; TS_BENCH_ROUNDS=N repeats the jobs N times, every round mirrored
-# (tcmu-ts first in round 1 is tcmu-runner first in round 2), and the report adds the
-# figures up per job across rounds: on a shared host one round's ratios move by +-30%.
+# goes first, or always runs right after a daemon start; file's three jobs, then qcow's:
+#   tcmu-ts[4k-qd8] tcmu-runner[4k-qd8 4k-qd32] tcmu-ts[4k-qd32 128k-qd8]
+#   tcmu-runner[128k-qd8 qcow-4k-qd8] tcmu-ts[qcow-4k-qd8 qcow-4k-qd32]
+#   tcmu-runner[qcow-4k-qd32 qcow-128k-qd8] tcmu-ts[qcow-128k-qd8]
+# Seven daemon sessions, each starting with an untimed warm-up of both disks at once
+# (TS_BENCH_WARMUP_SECONDS, 5 s, both block sizes), so that no measured job pays for a
+# daemon's cold start (JIT, first touches) and the job right after a start is not at a
+# disadvantage. Switching costs ~2 s (tcmu-runner) to ~7 s (tcmu-ts: node start-up) on a
+# quiet host. TS_BENCH_FIRST=tcmu-runner mirrors the pattern; TS_BENCH_ROUNDS=N repeats the
+# jobs N times, every round mirrored (tcmu-ts first in round 1 is tcmu-runner first in
+# round 2), and the report adds the figures up per job across rounds: on a shared host one
+# round's ratios move by +-30%.
 H_JOBS=(4k-qd8:4k:8 4k-qd32:4k:32 128k-qd8:128k:8)
+IFS=, read -ra H_BACKENDS <<<"${TS_BENCH_BACKENDS:-file,qcow}"
 H_FIO=(--ioengine=libaio --direct=1 --rw=randrw --rwmixread=50 --size=48M --time_based --runtime=$BENCH_S --ramp_time=3 --randrepeat=1)
 H_FILE=/tmp/bench.raw
+H_QCOW=/tmp/bench.qcow2
+H_QCOW_TEMPLATE=/tmp/bench-template.qcow2
+H_QPRE=${TS_BENCH_QCOW_PREALLOC:-full}
 H_WCE=${TS_BENCH_WCE:-1}
 H_WARM_S=${TS_BENCH_WARMUP_SECONDS:-5}
 H_ROUNDS=${TS_BENCH_ROUNDS:-1}
-H_WWN=naa.50014050000000b1
-H_SIDE= H_SD= H_SESSION=0 H_TS_OUTS=() RUNNER=
+declare -A H_WWN=([file]=naa.50014050000000b1 [qcow]=naa.50014050000000b2)
+declare -A H_DISK=()   # backend -> sdX of the current session
+H_SIDE= H_SESSION=0 H_TS_OUTS=() RUNNER=
 _h_bus_owned() {
   dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.NameHasOwner \
     string:org.kernel.TCMUService1 2>/dev/null | grep -q 'boolean true'
 }
 _h_bus_free() { ! _h_bus_owned; }
-# h_disk NAME HANDLER [OPTIONS]: create and enable the bench backstore, export it through tcm_loop;
+# h_name SIDE BACKEND: the bench backstore's name (tsbench, trbench, tsbench-qcow, trbench-qcow)
+h_name() { printf '%sbench%s' "$1" "$([ "$2" = qcow ] && echo -qcow)"; }
+# h_disk NAME CONFIG WWN: create and enable a bench backstore, export it through tcm_loop;
 # prints the disk (sdX)
 h_disk() {
   local dir=$CFG/core/user_0/$1
-  tk_user_dev "$dir" "$2/$H_FILE$3" $RAM_SIZE hw_max_sectors=256 attrib/emulate_write_cache=$H_WCE || return 1
-  tk_loop_export "$dir" "$H_WWN"
+  tk_user_dev "$dir" "$2" $RAM_SIZE hw_max_sectors=256 attrib/emulate_write_cache=$H_WCE || return 1
+  tk_loop_export "$dir" "$3"
 }
-# h_up ts|tr: start that side's daemon and create its bench disk (H_SD, empty on failure)
+# h_up ts|tr: start that side's daemon and create its bench disks (H_DISK; a missing one on failure)
 h_up() {
-  local t0=$EPOCHREALTIME what ct
-  H_SESSION=$((H_SESSION + 1)) H_SIDE=$1 H_SD=
+  local t0=$EPOCHREALTIME who b cfg ct sd ok=1 warm=()
+  H_SESSION=$((H_SESSION + 1)) H_SIDE=$1 H_DISK=()
   tk_wait 10 _h_bus_free || tk_log "H org.kernel.TCMUService1 still owned before session $H_SESSION"
   if [ "$1" = ts ]; then
+    who=tcmu-ts
     if ts_start && ts_alive; then
       tk_pass "H $H_SESSION tcmu-ts started" "pid $TS_PID"
     else
       tk_fail "H $H_SESSION tcmu-ts started" "$(tail -5 "$TS_OUT" | tr '\n' ' ')"; return 1
     fi
     H_TS_OUTS+=("$TS_OUT")
-    H_SD=$(h_disk tsbench file "${TS_BENCH_FILE_OPTIONS:-}")
-    what="tsbench (tcmu-ts, file handler)"
   else
+    who=tcmu-runner
     mkdir -p /tmp/tr-log
     tcmu-runner -l /tmp/tr-log >>"$TCMU_OUT/tcmu-runner.out" 2>&1 &
     RUNNER=$!
@@ -514,47 +620,78 @@ h_up() {
     else
       tk_fail "H $H_SESSION tcmu-runner ready (owns org.kernel.TCMUService1)" "not within 30 s"; return 1
     fi
-    H_SD=$(h_disk trbench qcow)
-    what="trbench (tcmu-runner, qcow handler on a raw file)"
   fi
-  tk_match "H $H_SESSION create $what, tcm_loop disk" '^sd[a-z]+$' "$H_SD"
-  if [ -n "$H_SD" ]; then
-    read -r ct </sys/block/$H_SD/device/scsi_disk/*/cache_type
-    tk_log "H $H_SESSION /dev/$H_SD: max_sectors_kb $(</sys/block/$H_SD/queue/max_sectors_kb), cache_type $ct (emulate_write_cache=$H_WCE)"
-  fi
+  for b in "${H_BACKENDS[@]}"; do
+    case $1:$b in
+      ts:file) cfg=file/$H_FILE${TS_BENCH_FILE_OPTIONS:-} ;;
+      tr:file) cfg=qcow/$H_FILE ;;   # not a qcow image: served raw
+      *:qcow)
+        # a fresh copy of the template for every daemon: both sides start from the same image
+        cp "$H_QCOW_TEMPLATE" "$H_QCOW" || { tk_fail "H $H_SESSION fresh copy of the qcow2 template"; ok=0; continue; }
+        cfg=qcow/$H_QCOW ;;
+    esac
+    sd=$(h_disk "$(h_name "$1" "$b")" "$cfg" "${H_WWN[$b]}")
+    tk_match "H $H_SESSION create $(h_name "$1" "$b") ($who, $cfg), tcm_loop disk" '^sd[a-z]+$' "$sd"
+    if [ -n "$sd" ]; then
+      H_DISK[$b]=$sd
+      read -r ct </sys/block/$sd/device/scsi_disk/*/cache_type
+      tk_log "H $H_SESSION $b: /dev/$sd: max_sectors_kb $(</sys/block/$sd/queue/max_sectors_kb), cache_type $ct (emulate_write_cache=$H_WCE)"
+      warm+=(--name="warmup-$b" --filename="/dev/$sd")
+    else
+      ok=0
+    fi
+  done
   tk_timing "H_${H_SESSION}_${1}_up" "$(tk_since "$t0")"
-  [ -n "$H_SD" ] || return 1
-  # untimed warm-up, both block sizes: no measured job pays for a daemon's cold start
-  # (JIT, first touch of the data area and of the file's pages)
+  [ $ok = 1 ] || return 1
+  # untimed warm-up of every disk at once, both block sizes: no measured job pays for a
+  # daemon's cold start (JIT, first touch of the data area and of the file's pages)
   t0=$EPOCHREALTIME
-  fio --name=warmup --filename="/dev/$H_SD" "${H_FIO[@]}" --runtime=$H_WARM_S --ramp_time=0 --bsrange=4k-128k --iodepth=8 \
+  fio "${H_FIO[@]}" --runtime=$H_WARM_S --ramp_time=0 --bsrange=4k-128k --iodepth=8 "${warm[@]}" \
     --output-format=json --output=/tmp/warmup.json 2>/dev/null || tk_log "H $H_SESSION warm-up fio failed"
   tk_timing "H_${H_SESSION}_${1}_warmup" "$(tk_since "$t0")"
 }
-# h_rm NAME: remove the bench disk's tcm_loop export and backstore (bash only: a CLI run
+# h_rm NAME WWN: remove a bench disk's tcm_loop export and backstore (bash only: a CLI run
 # costs seconds of node start-up under TCG)
 h_rm() {
-  [ -d "$CFG/loopback/$H_WWN" ] && { tk_loop_remove "$H_WWN" || return 1; }
+  [ -d "$CFG/loopback/$2" ] && { tk_loop_remove "$2" || return 1; }
   [ -d "$CFG/core/user_0/$1" ] && { rmdir "$CFG/core/user_0/$1" || return 1; }
   return 0
 }
-# h_down: delete the bench disk, stop the daemon
+# h_down: delete the bench disks, stop the daemon; then (image closed) check the qcow2 copy
 h_down() {
-  local t0=$EPOCHREALTIME rc
+  local t0=$EPOCHREALTIME rc b out
+  for b in "${H_BACKENDS[@]}"; do
+    h_rm "$(h_name "$H_SIDE" "$b")" "${H_WWN[$b]}"; tk_eq "H $H_SESSION remove $(h_name "$H_SIDE" "$b")" 0 $?
+  done
   if [ "$H_SIDE" = ts ]; then
-    h_rm tsbench; tk_eq "H $H_SESSION remove tsbench" 0 $?
     ts_stop; tk_eq "H $H_SESSION tcmu-ts stops on SIGTERM with status 0" 0 $?
   elif [ "$H_SIDE" = tr ]; then
-    h_rm trbench; tk_eq "H $H_SESSION remove trbench" 0 $?
     kill "$RUNNER" 2>/dev/null; wait "$RUNNER" 2>/dev/null; rc=$?
     tk_log "H $H_SESSION tcmu-runner exit status $rc after SIGTERM"
   fi
+  if [[ " ${H_BACKENDS[*]} " == *" qcow "* ]] && [ -f "$H_QCOW" ]; then
+    if [ "$H_SIDE" = ts ]; then
+      q_check "H $H_SESSION qemu-img check of tcmu-ts's qcow2 image after its session" "$H_QCOW"
+    else
+      # not ours to judge: the report shows it
+      out=$(qemu-img check "$H_QCOW" 2>&1); rc=$?
+      tk_log "H $H_SESSION qemu-img check of tcmu-runner's qcow2 image: exit $rc, $(printf '%s\n' "$out" | grep -v '^Leaked' | head -3 | tr '\n' ' ')"
+    fi
+    rm -f "$H_QCOW"
+  fi
   tk_timing "H_${H_SESSION}_${H_SIDE}_down" "$(tk_since "$t0")"
-  H_SIDE= H_SD=
+  H_SIDE= H_DISK=()
 }
 if phase H; then
   t0h=$EPOCHREALTIME
   dd if=/dev/zero of=$H_FILE bs=1M count=$((RAM_SIZE / MB)) status=none
+  if [[ " ${H_BACKENDS[*]} " == *" qcow "* ]]; then
+    rm -f "$H_QCOW_TEMPLATE"
+    out=$(qemu-img create -f qcow2 -o cluster_size=64k,preallocation=$H_QPRE "$H_QCOW_TEMPLATE" $RAM_SIZE 2>&1); rc=$?
+    tk_eq "H qemu-img create the qcow2 bench template (64 KiB clusters, preallocation=$H_QPRE, $((RAM_SIZE / MB)) MiB)" 0 $rc
+    [ $rc = 0 ] || printf '%s\n' "$out" | sed 's/^/  qemu-img: /'
+    qemu-img info "$H_QCOW_TEMPLATE" 2>&1 | grep -E 'disk size|compat' | sed 's/^/  qemu-img info: /'
+  fi
   first0=ts
   [ "${TS_BENCH_FIRST:-tcmu-ts}" = tcmu-runner ] && first0=tr
   : >"$TCMU_OUT/compare.tsv"
@@ -562,30 +699,36 @@ if phase H; then
   for ((r = 1; r <= H_ROUNDS; r++)); do
     first=$first0   # odd rounds as TS_BENCH_FIRST says, even rounds mirrored
     (( r % 2 == 0 )) && { [ $first0 = ts ] && first=tr || first=ts; }
-    for j in "${H_JOBS[@]}"; do
-      IFS=: read -r name bs qd <<<"$j"
-      id=$name; [ "$H_ROUNDS" -gt 1 ] && id=$name-r$r
-      if [ $first = ts ]; then order+=("ts:$id:$bs:$qd" "tr:$id:$bs:$qd"); first=tr; else order+=("tr:$id:$bs:$qd" "ts:$id:$bs:$qd"); first=ts; fi
-      what="${bs/k/ KiB} randrw QD$qd, $BENCH_S s, file vs qcow-raw on tmpfs, WCE $H_WCE"
-      # label, A, B [, group: rows with the same group are also summed up across rounds]
-      printf 'tcmu-ts / tcmu-runner, %s%s, %s first\tbench-%s-tcmu-ts\tbench-%s-tcmu-runner%s\n' "$what" \
-        "$([ "$H_ROUNDS" -gt 1 ] && echo ", round $r")" "$([ ${order[-2]%%:*} = ts ] && echo tcmu-ts || echo tcmu-runner)" "$id" "$id" \
-        "$([ "$H_ROUNDS" -gt 1 ] && printf '\t%s' "tcmu-ts / tcmu-runner, $what, $H_ROUNDS rounds")" >>"$TCMU_OUT/compare.tsv"
+    for b in "${H_BACKENDS[@]}"; do
+      for j in "${H_JOBS[@]}"; do
+        IFS=: read -r name bs qd <<<"$j"
+        id=$name; [ "$b" = qcow ] && id=qcow-$name; [ "$H_ROUNDS" -gt 1 ] && id=$id-r$r
+        if [ $first = ts ]; then order+=("ts:$id:$bs:$qd:$b" "tr:$id:$bs:$qd:$b"); first=tr; else order+=("tr:$id:$bs:$qd:$b" "ts:$id:$bs:$qd:$b"); first=ts; fi
+        case $b in
+          file) what="${bs/k/ KiB} randrw QD$qd, $BENCH_S s, file vs qcow-raw on tmpfs, WCE $H_WCE" ;;
+          qcow) what="${bs/k/ KiB} randrw QD$qd, $BENCH_S s, qcow vs qcow on a qcow2 image (64 KiB clusters, preallocation=$H_QPRE) on tmpfs, WCE $H_WCE" ;;
+        esac
+        # label, A, B [, group: rows with the same group are also summed up across rounds]
+        printf 'tcmu-ts / tcmu-runner, %s%s, %s first\tbench-%s-tcmu-ts\tbench-%s-tcmu-runner%s\n' "$what" \
+          "$([ "$H_ROUNDS" -gt 1 ] && echo ", round $r")" "$([ ${order[-2]%%:*} = ts ] && echo tcmu-ts || echo tcmu-runner)" "$id" "$id" \
+          "$([ "$H_ROUNDS" -gt 1 ] && printf '\t%s' "tcmu-ts / tcmu-runner, $what, $H_ROUNDS rounds")" >>"$TCMU_OUT/compare.tsv"
+      done
     done
   done
   tk_log "H order: ${order[*]}"
   for o in "${order[@]}"; do
-    IFS=: read -r side id bs qd <<<"$o"
+    IFS=: read -r side id bs qd b <<<"$o"
     who=$([ "$side" = ts ] && echo tcmu-ts || echo tcmu-runner)
     if [ "$side" != "$H_SIDE" ]; then
       [ -n "$H_SIDE" ] && h_down
       h_up "$side"
     fi
-    if [ -n "$H_SD" ]; then
-      ts_fio "bench-$id-$who" --filename="/dev/$H_SD" "${H_FIO[@]}" --bs=$bs --iodepth=$qd
-      tk_eq "H fio $bs randrw QD$qd through $who" 0 $?
+    sd=${H_DISK[$b]:-}
+    if [ -n "$sd" ]; then
+      ts_fio "bench-$id-$who" --filename="/dev/$sd" "${H_FIO[@]}" --bs=$bs --iodepth=$qd
+      tk_eq "H fio $bs randrw QD$qd through $who ($b)" 0 $?
     else
-      tk_fail "H fio $bs randrw QD$qd through $who" "no bench disk"
+      tk_fail "H fio $bs randrw QD$qd through $who ($b)" "no bench disk"
     fi
   done
   h_down
