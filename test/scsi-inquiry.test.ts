@@ -113,6 +113,31 @@ describe('scsi INQUIRY VPD 00h (supported pages)', () => {
   });
 });
 
+describe('scsi INQUIRY of a device that is not a plain disk (handler identity)', () => {
+  it('an optical drive: type 05h, removable, MMC descriptor, no block pages', () => {
+    const dev = makeDev({ peripheralType: 0x05, removable: true, versionDescriptors: [0x00a0, 0x0460, 0x04e0], blockVpdPages: [] });
+    const d = expectData(emulate(inquiry(false, 0, 255), dev));
+    expect(d[0]).to.equal(0x05);
+    expect(d[1]).to.equal(0x80);
+    expect([be16(d, 58), be16(d, 60), be16(d, 62), be16(d, 64)]).to.deep.equal([0x00a0, 0x0460, 0x04e0, 0]);
+    const pages = expectData(emulate(inquiry(true, 0x00, 255), dev));
+    expect(Array.from(pages)).to.deep.equal([0x05, 0x00, 0x00, 0x03, 0x00, 0x80, 0x83]);
+    expect(expectData(emulate(inquiry(true, 0x80, 255), dev))[0]).to.equal(0x05);
+    for (const p of [0xb0, 0xb1, 0xb2]) expectCheck(emulate(inquiry(true, p, 255), dev), invalidField(2));
+  });
+
+  it('a host-managed zoned disk: type 14h, its own B6h page listed in order, B1h says ZONED', () => {
+    const b6 = Uint8Array.from([0x14, 0xb6, 0x00, 0x3c, ...new Array(0x3c).fill(0)]);
+    const dev = makeDev({ peripheralType: 0x14, extraVpdPages: new Map([[0xb6, b6]]), zoned: 1 });
+    const pages = expectData(emulate(inquiry(true, 0x00, 255), dev));
+    expect(Array.from(pages.subarray(4))).to.deep.equal([0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2, 0xb6]);
+    expect(Array.from(expectData(emulate(inquiry(true, 0xb6, 255), dev)))).to.deep.equal(Array.from(b6));
+    const b1 = expectData(emulate(inquiry(true, 0xb1, 255), dev));
+    expect(b1[0]).to.equal(0x14);
+    expect((b1[8] >> 4) & 3).to.equal(1);
+  });
+});
+
 describe('scsi INQUIRY VPD 80h (unit serial number)', () => {
   it('returns the serial, NUL-terminated like LIO', () => {
     const d = expectData(emulate(inquiry(true, 0x80, 255), makeDev()));

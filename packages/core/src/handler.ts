@@ -292,7 +292,32 @@ export interface DeviceHandler {
    * on the device thread and must not block. Read once after open().
    */
   readonly completions?: HandlerCompletions;
+  /**
+   * Optional. What INQUIRY says the device is when it is not a plain disk
+   * (a zoned disk, an optical drive). Read once after open().
+   */
+  readonly identity?: DeviceIdentity;
   close(): Promise<void>;
+}
+
+/**
+ * A device type other than a direct-access disk, as INQUIRY reports it.
+ * Everything absent keeps the disk's answer. The handler answers the
+ * commands of its device type itself in handleCmd (ZBC IN/OUT, the MMC set).
+ */
+export interface DeviceIdentity {
+  /** PERIPHERAL DEVICE TYPE: 05h MMC (optical), 14h host-managed zoned. */
+  readonly peripheralType?: number;
+  /** Removable medium (RMB). */
+  readonly removable?: boolean;
+  /** Up to four version descriptors for standard INQUIRY (e.g. ZBC 0x0600, MMC-6 0x04e0). */
+  readonly versionDescriptors?: readonly number[];
+  /** Which block VPD pages (B0h, B1h, B2h) the engine still offers; [] for none. */
+  readonly blockVpdPages?: readonly number[];
+  /** ZONED field of VPD B1h: 1 host aware (a host-managed disk says so by its peripheral type). */
+  readonly zoned?: number;
+  /** The handler's own VPD pages, page code to the whole page (header included), e.g. B6h. */
+  readonly vpdPages?: ReadonlyMap<number, Uint8Array>;
 }
 
 /**

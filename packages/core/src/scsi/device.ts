@@ -75,6 +75,24 @@ export interface ScsiDeviceInfo {
   thirdPartyCopy?: boolean;
   /** ALUA target port groups from configfs; absent when the device has none (no ALUA). */
   alua?: AluaInfo;
+  /**
+   * PERIPHERAL DEVICE TYPE of INQUIRY and every VPD page: 00h disk (default),
+   * 05h MMC (optical), 14h host-managed zoned block device.
+   */
+  peripheralType?: number;
+  /** RMB in standard INQUIRY: removable medium (optical drives). */
+  removable?: boolean;
+  /** Version descriptors of standard INQUIRY; default SAM-5, SPC-4, SBC-3. */
+  versionDescriptors?: readonly number[];
+  /**
+   * Which of the block device VPD pages (B0h, B1h, B2h) are offered; default
+   * all three. An MMC device offers none.
+   */
+  blockVpdPages?: readonly number[];
+  /** ZONED field of the Block Device Characteristics page (01b host aware, 10b device managed). */
+  zoned?: number;
+  /** VPD pages the handler serves itself, each whole (header included), listed in page 00h. */
+  extraVpdPages?: ReadonlyMap<number, Uint8Array>;
 }
 
 /** Everything except the two facts that have no sensible default. */

@@ -24,6 +24,8 @@ export const VersionDescriptor = {
   SBC3: 0x04c0,
 } as const;
 
+const DEFAULT_VERSION_DESCRIPTORS: readonly number[] = [VersionDescriptor.SAM5, VersionDescriptor.SPC4, VersionDescriptor.SBC3];
+
 /** Length of the standard INQUIRY data we return (through the first four version descriptors). */
 export const STD_INQUIRY_LENGTH = 66;
 
@@ -59,8 +61,8 @@ export const LIO_IEEE_COMPANY_ID = 0x001405;
  */
 export function standardInquiry(dev: ScsiDeviceInfo): Uint8Array {
   const b = new Uint8Array(STD_INQUIRY_LENGTH);
-  b[0] = PERIPHERAL_DISK;
-  b[1] = 0x00; // RMB = 0: not removable
+  b[0] = (dev.peripheralType ?? PERIPHERAL_DISK) & 0x1f;
+  b[1] = dev.removable ? 0x80 : 0x00; // RMB
   b[2] = SPC4_VERSION;
   b[3] = 0x02; // NORMACA = 0, HISUP = 0, RESPONSE DATA FORMAT = 2
   b[4] = STD_INQUIRY_LENGTH - 5; // ADDITIONAL LENGTH counts bytes after byte 4
@@ -70,15 +72,14 @@ export function standardInquiry(dev: ScsiDeviceInfo): Uint8Array {
   putPaddedAscii(b, 8, 8, dev.vendor);
   putPaddedAscii(b, 16, 16, dev.product);
   putPaddedAscii(b, 32, 4, dev.revision);
-  put16(b, 58, VersionDescriptor.SAM5);
-  put16(b, 60, VersionDescriptor.SPC4);
-  put16(b, 62, VersionDescriptor.SBC3);
+  const versions = dev.versionDescriptors ?? DEFAULT_VERSION_DESCRIPTORS;
+  for (let i = 0; i < Math.min(4, versions.length); i++) put16(b, 58 + 2 * i, versions[i]);
   return b;
 }
 
-function vpdHeader(page: number, length: number): Uint8Array {
+function vpdHeader(dev: ScsiDeviceInfo, page: number, length: number): Uint8Array {
   const b = new Uint8Array(4 + length);
-  b[0] = PERIPHERAL_DISK;
+  b[0] = (dev.peripheralType ?? PERIPHERAL_DISK) & 0x1f;
   b[1] = page;
   put16(b, 2, length);
   return b;
@@ -92,15 +93,26 @@ function serialBytes(serial: string): Uint8Array {
   return out;
 }
 
-function supportedPages(): Uint8Array {
-  const b = vpdHeader(0x00, SUPPORTED_VPD_PAGES.length);
-  b.set(SUPPORTED_VPD_PAGES, 4);
+/** The pages a device offers, ascending: the common ones, its block pages, the handler's own. */
+export function supportedVpdPages(dev: ScsiDeviceInfo): number[] {
+  const block = dev.blockVpdPages ?? BLOCK_VPD_PAGES;
+  const pages = SUPPORTED_VPD_PAGES.filter((p) => p < 0xb0 || block.includes(p));
+  if (dev.extraVpdPages) for (const p of dev.extraVpdPages.keys()) if (!pages.includes(p)) pages.push(p);
+  return pages.sort((a, b) => a - b);
+}
+
+const BLOCK_VPD_PAGES: readonly number[] = [0xb0, 0xb1, 0xb2];
+
+function supportedPages(dev: ScsiDeviceInfo): Uint8Array {
+  const pages = supportedVpdPages(dev);
+  const b = vpdHeader(dev, 0x00, pages.length);
+  b.set(pages, 4);
   return b;
 }
 
 function unitSerialNumber(dev: ScsiDeviceInfo): Uint8Array {
   const s = serialBytes(dev.serial);
-  const b = vpdHeader(0x80, s.length);
+  const b = vpdHeader(dev, 0x80, s.length);
   b.set(s, 4);
   return b;
 }
@@ -174,7 +186,7 @@ function deviceIdentification(dev: ScsiDeviceInfo): Uint8Array {
   if (local) parts.push(...portDesignators(local.port, local.group));
 
   const total = parts.reduce((n, p) => n + p.length, 0);
-  const b = vpdHeader(0x83, total);
+  const b = vpdHeader(dev, 0x83, total);
   let off = 4;
   for (const p of parts) {
     b.set(p, off);
@@ -185,7 +197,7 @@ function deviceIdentification(dev: ScsiDeviceInfo): Uint8Array {
 
 /** Block Limits (SBC-3 6.5.3), page length 3Ch. */
 function blockLimits(dev: ScsiDeviceInfo): Uint8Array {
-  const b = vpdHeader(0xb0, 0x3c);
+  const b = vpdHeader(dev, 0xb0, 0x3c);
   // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 ("to the end") is refused.
   b[4] = 0x01;
   b[5] = Math.min(0xff, Math.max(0, dev.maxCompareAndWriteBlocks ?? 0));
@@ -210,15 +222,16 @@ function blockLimits(dev: ScsiDeviceInfo): Uint8Array {
 
 /** Block Device Characteristics (SBC-3 6.5.2), page length 3Ch. */
 function blockDeviceCharacteristics(dev: ScsiDeviceInfo): Uint8Array {
-  const b = vpdHeader(0xb1, 0x3c);
+  const b = vpdHeader(dev, 0xb1, 0x3c);
   put16(b, 4, Math.max(0, Math.min(0xffff, dev.rotationRate ?? 0)));
   // PRODUCT TYPE, NOMINAL FORM FACTOR, FUAB/VBULS: 0, not reported.
+  b[8] = ((dev.zoned ?? 0) & 0x3) << 4; // ZONED (SBC-4)
   return b;
 }
 
 /** Logical Block Provisioning (SBC-3 6.5.4), no provisioning group descriptor. */
 function logicalBlockProvisioning(dev: ScsiDeviceInfo): Uint8Array {
-  const b = vpdHeader(0xb2, 0x04);
+  const b = vpdHeader(dev, 0xb2, 0x04);
   b[4] = 0; // THRESHOLD EXPONENT: no thresholds
   if (dev.lbpu) b[5] |= 0x80; // LBPU
   if (dev.lbpws) b[5] |= 0x60; // LBPWS, LBPWS10
@@ -230,9 +243,12 @@ function logicalBlockProvisioning(dev: ScsiDeviceInfo): Uint8Array {
 
 /** A VPD page, untruncated; undefined for a page we do not support. */
 export function vpdPage(page: number, dev: ScsiDeviceInfo): Uint8Array | undefined {
+  const own = dev.extraVpdPages?.get(page);
+  if (own) return own;
+  if (page >= 0xb0 && !(dev.blockVpdPages ?? BLOCK_VPD_PAGES).includes(page)) return undefined;
   switch (page) {
     case 0x00:
-      return supportedPages();
+      return supportedPages(dev);
     case 0x80:
       return unitSerialNumber(dev);
     case 0x83:

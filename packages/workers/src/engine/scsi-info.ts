@@ -18,7 +18,8 @@ function cloneAlua(a: AluaInfo | undefined): AluaInfo | undefined {
  *  - compareAndWrite(), or read() and write(): COMPARE AND WRITE of 1 block.
  *  - write() or writeSame(): WRITE SAME up to FFFFFFFFh blocks.
  *  - read() and write(): EXTENDED COPY (3PC).
- * What the handler's `limits` say overrides these defaults (rbd: its object size).
+ * What the handler's `limits` say overrides these defaults (rbd: its object size);
+ * its `identity` changes what INQUIRY says the device is (zbc, fbo).
  * D_SENSE is changeable by MODE SELECT.
  */
 export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: DeviceHandler): ScsiDeviceInfo {
@@ -27,6 +28,7 @@ export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: De
   const rw = typeof h.read === 'function' && typeof h.write === 'function';
   const alua = cloneAlua(spec.alua);
   const limits = h.limits ?? {};
+  const id = h.identity ?? {};
   return createDeviceInfo({
     blockSize: spec.blockSize,
     numLbas,
@@ -50,6 +52,12 @@ export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: De
           maxCompareAndWriteBlocks: typeof h.compareAndWrite === 'function' || rw ? TCMU_RUNNER_LIMITS.maxCompareAndWriteBlocks : 0,
           maxWriteSameBlocks: typeof h.write === 'function' || typeof h.writeSame === 'function' ? TCMU_RUNNER_LIMITS.maxWriteSameBlocks : 0,
           thirdPartyCopy: rw,
+          ...(id.peripheralType !== undefined ? { peripheralType: id.peripheralType } : {}),
+          ...(id.removable ? { removable: true } : {}),
+          ...(id.versionDescriptors ? { versionDescriptors: id.versionDescriptors } : {}),
+          ...(id.blockVpdPages ? { blockVpdPages: id.blockVpdPages } : {}),
+          ...(id.zoned ? { zoned: id.zoned } : {}),
+          ...(id.vpdPages ? { extraVpdPages: id.vpdPages } : {}),
         }
       : {}),
     ...(alua ? { alua, tpgs: tpgsOf(alua) } : {}),
