@@ -8,7 +8,10 @@
 #                                 sg3-utils, fio, libiscsi-bin, tcmu-runner, targetcli-fb,
 #                                 dbus, qemu-utils (qemu-img: creates and checks the qcow2
 #                                 images of tcmu-ts.sh; 1.4 MB more to download, 7 MB
-#                                 installed; a prepare from nothing took 75 s with it), the
+#                                 installed; a prepare from nothing took 75 s with it),
+#                                 f2fs-tools, btrfs-progs (zoned filesystems on a zbc LUN),
+#                                 genisoimage, dvd+rw-tools (an ISO9660 image and
+#                                 dvd+rw-mediainfo for an fbo LUN), the
 #                                 host's node binary and the target modules
 #   .vm-cache/vm/modules.load     guest paths of the .ko files to insmod, in order
 #   .vm-cache/vm/manifest.env     kernel release, node version, sizes (sourced by run.sh)
@@ -31,14 +34,15 @@ SUITE=bookworm
 # Bump when the layout of the root image or the initramfs changes in a way the
 # stamps (which hash the inputs below) would not notice.
 LAYOUT=4
-GUEST_PACKAGES=kmod,sg3-utils,fio,libiscsi-bin,e2fsprogs,tcmu-runner,targetcli-fb,dbus,procps,util-linux,qemu-utils
+GUEST_PACKAGES=kmod,sg3-utils,fio,libiscsi-bin,e2fsprogs,tcmu-runner,targetcli-fb,dbus,procps,util-linux,qemu-utils,f2fs-tools,btrfs-progs,genisoimage,dvd+rw-tools
 # Modules the initramfs loads to reach the root image and the 9p share.
 BOOT_MODULES=(virtio_pci virtio_blk crc32c_generic ext4 9pnet_virtio 9p)
 # The target stack (what /init loads in stage 2, in the order modprobe resolves).
 TARGET_MODULES=(configfs target_core_mod target_core_user uio tcm_loop iscsi_target_mod sd_mod sg)
 # Shipped in the guest's /lib/modules too (with their dependencies) for scenarios to modprobe:
-# all of drivers/target (targetcli modprobes every fabric) plus a few block helpers.
-EXTRA_MODULES=(loop scsi_debug null_blk)
+# all of drivers/target (targetcli modprobes every fabric) plus a few block helpers,
+# sr_mod (an fbo LUN is a CD/DVD drive) and the filesystems zbc/fbo LUNs are tested with.
+EXTRA_MODULES=(loop scsi_debug null_blk sr_mod isofs f2fs btrfs zonefs)
 
 REFRESH=0
 for a in "$@"; do

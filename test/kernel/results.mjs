@@ -5,6 +5,7 @@
 //   iscsi-test-cu/<suite>.log   iscsi-test-cu output (default verbose mode): per test passed/failed/skipped;
 //                               a line 'iscsi-test-cu exit status: N' appended by the scenario
 //   compare.tsv                 label, job A, job B: side-by-side ratios of two fio jobs (A / B)
+//   responses/<set>.tsv         scsi-compare.mjs diff: the same CDBs to tcmu-runner and tcmu-ts, field by field
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -182,6 +183,25 @@ export function readComparisons(runDir, fio) {
   });
 }
 
+/** responses/<set>.tsv -> { set: { steps, fields, same, explained, different, rows (the differing ones) } } */
+export function readResponses(runDir) {
+  const dir = join(runDir, 'responses');
+  if (!existsSync(dir)) return undefined;
+  const out = {};
+  for (const f of readdirSync(dir).filter((n) => n.endsWith('.tsv')).sort()) {
+    const [head, ...lines] = readFileSync(join(dir, f), 'utf8').split('\n').filter(Boolean);
+    const cols = head.split('\t');
+    const rows = lines.map((l) => Object.fromEntries(l.split('\t').map((v, i) => [cols[i], v])));
+    const count = (v) => rows.filter((r) => r.verdict === v).length;
+    out[f.replace(/\.tsv$/, '')] = {
+      steps: new Set(rows.map((r) => r.step)).size, fields: rows.length,
+      same: count('same'), explained: count('explained'), different: count('DIFFERENT'),
+      rows: rows.filter((r) => r.verdict !== 'same'),
+    };
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
 export function collectResults(runDir) {
   const fio = readFio(runDir);
   const r = {};
@@ -190,6 +210,8 @@ export function collectResults(runDir) {
   if (cu) r.iscsiTestCu = cu;
   const cmp = readComparisons(runDir, fio);
   if (cmp.length) r.comparisons = cmp;
+  const resp = readResponses(runDir);
+  if (resp) r.responses = resp;
   return r;
 }
 
@@ -210,6 +232,16 @@ export function resultsMarkdown(r) {
         '| comparison | rounds | IOPS A | IOPS B | IOPS A/B | read / write IOPS A/B | mean clat A µs | mean clat B µs | clat A/B | read / write clat A/B | target | goal |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
         ...sums.map((c) => `| ${esc(c.label)} | ${c.rounds} | ${c.iopsA} | ${c.iopsB} | **${c.iopsRatio}** [${c.iopsRatioRange?.join('-') ?? ''}] | ${c.readIopsRatio} / ${c.writeIopsRatio} | ${c.clatMeanUsA} | ${c.clatMeanUsB} | **${c.clatRatio}** [${c.clatRatioRange?.join('-') ?? ''}] | ${c.readClatRatio} / ${c.writeClatRatio} | ${yn(c.target)} | ${yn(c.goal)} |`), '');
+    }
+  }
+  if (r.responses) {
+    lines.push('## Answers side by side: tcmu-runner and tcmu-ts, the same CDBs', '',
+      '| set | steps | fields | same | different, explained | different, unexplained |', '|---|---|---|---|---|---|',
+      ...Object.entries(r.responses).map(([set, c]) => `| ${set} | ${c.steps} | ${c.fields} | ${c.same} | ${c.explained} | ${c.different ? `**${c.different}**` : 0} |`), '');
+    for (const [set, c] of Object.entries(r.responses)) {
+      if (!c.rows.length) continue;
+      lines.push(`<details><summary>${set}: the fields that differ</summary>`, '', '| step | field | tcmu-runner | tcmu-ts | why (docs/SCSI.md) |', '|---|---|---|---|---|',
+        ...c.rows.map((x) => `| ${esc(x.step)} | ${esc(x.field)} | ${esc(x['tcmu-runner']).slice(0, 80)} | ${esc(x['tcmu-ts']).slice(0, 80)} | ${x.verdict === 'DIFFERENT' ? '**unexplained**' : esc(x.why)} |`), '', '</details>', '');
     }
   }
   if (r.fio) {
