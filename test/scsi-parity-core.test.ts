@@ -200,7 +200,7 @@ describe('scsi parity core: libiscsi conformance findings', () => {
     expect(plan(planCommand(rcr(0x00, 7), full()), 'copy-status')).to.deep.include({ listId: 7, allocationLength: 64 });
     expectCheck(planCommand(rcr(0x01), full()) as never, invalidField(1, 4));
     expectCheck(planCommand(rcr(0x04), full()) as never, invalidField(1, 4));
-    expectCheck(planCommand(rcr(0x03, 1), full()) as never, invalidField(2));
+    expectCheck(planCommand(rcr(0x03, 1), full()) as never, invalidField(2, 0));
     expect(Array.from(copyStatusData({ status: 1, segmentsProcessed: 1, bytes: 1 << 20 }))).to.deep.equal([0, 0, 0, 8, 1, 0, 1, 0, 0, 0x10, 0, 0]);
     // Past 32 bits, the count goes to the smallest power-of-1024 unit that holds it.
     expect(Array.from(copyStatusData({ status: 0, segmentsProcessed: 2, bytes: 2 ** 33 }).subarray(7))).to.deep.equal([1, 0, 0x80, 0, 0]);

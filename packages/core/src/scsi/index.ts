@@ -11,3 +11,4 @@ export * from './sbc.js';
 export * from './xcopy.js';
 export * from './planner.js';
 export { hexBytes } from './bytes.js';
+export * from './supported-opcodes.js';

@@ -30,6 +30,9 @@ import {
 } from './sbc.js';
 import { Asc, buildSense, ScsiError, SenseKey } from './sense.js';
 import {
+  cdbUsage, checkReportSupportedOpcodesCdb, reportSupportedOpcodes, verdictOf, type CommandEntry, type PlanProbe,
+} from './supported-opcodes.js';
+import {
   CopyResultsAction, copyOperatingParameters, decodeExtendedCopyList, decodeReceiveCopyResults,
   type ListIdUsageValue, type XcopySegment,
 } from './xcopy.js';
@@ -71,6 +74,8 @@ interface TableEntry {
   readonly plan: Planner;
   /** The stateless core set `emulate` answers without an engine (SUPPORTED_OPCODES). */
   readonly core: boolean;
+  /** For an opcode with service actions, the ones served (REPORT SUPPORTED OPERATION CODES lists each). */
+  readonly serviceActions?: readonly number[];
 }
 
 // ------------------------------------------------------------ READ / WRITE / SYNCHRONIZE CACHE
@@ -222,6 +227,10 @@ function planServiceActionIn16(cdb: Uint8Array, dev: ScsiDeviceInfo): ScsiPlan {
 
 function planMaintenanceIn(cdb: Uint8Array, dev: ScsiDeviceInfo): ScsiPlan {
   const sa = cdb[1] & 0x1f;
+  if (sa === MaintenanceIn.REPORT_SUPPORTED_OPERATION_CODES) {
+    if (probing) return (checkReportSupportedOpcodesCdb(cdb), GOOD);
+    return goodOutcome(reportSupportedOpcodes(cdb, dev, COMMANDS, probeFor(dev)));
+  }
   if (sa === MaintenanceIn.REPORT_TARGET_PORT_GROUPS) {
     // tcmu-runner: without an enabled port in a user-made group, ALUA is not configured.
     if (!enabledPort(dev.alua)) throw ScsiError.invalidOpcode();
@@ -279,8 +288,8 @@ function planReceiveCopyResults(cdb: Uint8Array, dev: ScsiDeviceInfo): ScsiPlan 
 
 // ------------------------------------------------------------ the table
 
-const core = (plan: Planner): TableEntry => ({ plan, core: true });
-const engine = (plan: Planner): TableEntry => ({ plan, core: false });
+const core = (plan: Planner, serviceActions?: readonly number[]): TableEntry => ({ plan, core: true, ...(serviceActions ? { serviceActions } : {}) });
+const engine = (plan: Planner, serviceActions?: readonly number[]): TableEntry => ({ plan, core: false, ...(serviceActions ? { serviceActions } : {}) });
 const read = planRw('read');
 const write = planRw('write');
 
@@ -289,7 +298,7 @@ const TABLE = new Map<number, TableEntry>([
   [Opcode.REQUEST_SENSE, core((c) => goodOutcome(requestSenseData(c)))],
   [Opcode.INQUIRY, core((c, d) => goodOutcome(emulateInquiry(c, d)))],
   [Opcode.READ_CAPACITY_10, core((c, d) => goodOutcome(emulateReadCapacity10(c, d)))],
-  [Opcode.SERVICE_ACTION_IN_16, core(planServiceActionIn16)],
+  [Opcode.SERVICE_ACTION_IN_16, core(planServiceActionIn16, [ServiceActionIn16.READ_CAPACITY_16])],
   [Opcode.MODE_SENSE_6, core((c, d) => goodOutcome(emulateModeSense(c, d)))],
   [Opcode.MODE_SENSE_10, core((c, d) => goodOutcome(emulateModeSense(c, d)))],
   [Opcode.MODE_SELECT_6, core((c, d, o) => (emulateModeSelect(c, d, o), GOOD))],
@@ -316,11 +325,51 @@ const TABLE = new Map<number, TableEntry>([
   [Opcode.WRITE_VERIFY_16, engine(planWriteVerify)],
   [Opcode.FORMAT_UNIT, engine((c, d, o) => ({ kind: 'format', ...decodeFormatUnit(c, d, o) }))],
   [Opcode.START_STOP_UNIT, engine((c) => (checkStartStopUnit(c), GOOD))],
-  [Opcode.EXTENDED_COPY, engine(planExtendedCopy)],
-  [Opcode.RECEIVE_COPY_RESULTS, engine(planReceiveCopyResults)],
-  [Opcode.MAINTENANCE_IN, engine(planMaintenanceIn)],
-  [Opcode.MAINTENANCE_OUT, engine(planMaintenanceOut)],
+  [Opcode.EXTENDED_COPY, engine(planExtendedCopy, [0x00])],
+  [Opcode.RECEIVE_COPY_RESULTS, engine(planReceiveCopyResults, [CopyResultsAction.COPY_STATUS, CopyResultsAction.OPERATING_PARAMETERS])],
+  [Opcode.MAINTENANCE_IN, engine(planMaintenanceIn, [MaintenanceIn.REPORT_TARGET_PORT_GROUPS, MaintenanceIn.REPORT_SUPPORTED_OPERATION_CODES])],
+  [Opcode.MAINTENANCE_OUT, engine(planMaintenanceOut, [MaintenanceOut.SET_TARGET_PORT_GROUPS])],
 ]);
+
+/** Every command of the table, one entry per service action, in opcode order. */
+const COMMANDS: readonly CommandEntry[] = Object.freeze(
+  [...TABLE]
+    .sort(([a], [b]) => a - b)
+    .flatMap(([opcode, e]): CommandEntry[] => (e.serviceActions ? e.serviceActions.map((serviceAction) => ({ opcode, serviceAction })) : [{ opcode }])),
+);
+
+/** Set while the usage probe plans CDBs, so REPORT SUPPORTED OPERATION CODES does not report itself recursively. */
+let probing = false;
+
+/**
+ * Plans a CDB for the usage probe against a copy of the device (MODE
+ * SELECT may change what it plans against) and says how it went.
+ */
+function probeFor(dev: ScsiDeviceInfo): PlanProbe {
+  const copy: ScsiDeviceInfo = { ...dev };
+  return (cdb) => {
+    const entry = TABLE.get(cdb[0]);
+    if (!entry) return 'invalid-opcode';
+    probing = true;
+    try {
+      entry.plan(cdb, copy, undefined, undefined, undefined);
+      return 'accepted';
+    } catch (e) {
+      return e instanceof ScsiError ? verdictOf(e) : 'other-error';
+    } finally {
+      probing = false;
+    }
+  };
+}
+
+/** The commands the planner table serves and the CDB usage data this device reports for each. */
+export function supportedCommands(dev: ScsiDeviceInfo): { opcode: number; serviceAction?: number; usage: Uint8Array }[] {
+  const probe = probeFor(dev);
+  return COMMANDS.flatMap((c) => {
+    const usage = cdbUsage(c, probe);
+    return usage ? [{ ...c, usage }] : [];
+  });
+}
 
 const sortedOpcodes = (pick: (e: TableEntry) => boolean): readonly number[] =>
   Object.freeze([...TABLE].filter(([, e]) => pick(e)).map(([op]) => op).sort((a, b) => a - b));

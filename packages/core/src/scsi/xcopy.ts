@@ -276,7 +276,7 @@ export function decodeReceiveCopyResults(cdb: Uint8Array): ReceiveCopyResultsFie
   if (action !== CopyResultsAction.OPERATING_PARAMETERS && action !== CopyResultsAction.COPY_STATUS) {
     throw ScsiError.invalidField(1, 4);
   }
-  if (action === CopyResultsAction.OPERATING_PARAMETERS && cdb[2] !== 0) throw ScsiError.invalidField(2);
+  if (action === CopyResultsAction.OPERATING_PARAMETERS) requireClear(cdb, 2, 0xff); // no LIST IDENTIFIER here
   requireZeroBytes(cdb, 3, 10);
   requireZeroBytes(cdb, 14, 15);
   return { action, listId: cdb[2], allocationLength: be32(cdb, 10) };
