@@ -61,6 +61,8 @@ describe('scsi REPORT SUPPORTED OPERATION CODES', () => {
     expect(list.filter((c) => c.opcode === 0x9e).map((c) => c.sa)).to.deep.equal([0x10]);
     expect(list.filter((c) => c.opcode === 0x84).map((c) => c.sa)).to.deep.equal([0x00, 0x03]);
     expect(list.find((c) => c.opcode === 0x28)!.sa).to.equal(undefined);
+    const withLbaStatus = descriptors(expectData(planCommand(rsoc(0), fullDisk({ getLbaStatus: true }))));
+    expect(withLbaStatus.filter((c) => c.opcode === 0x9e).map((c) => c.sa), 'GET LBA STATUS when the handler can tell').to.deep.equal([0x10, 0x12]);
   });
 
   it('usage data: every bit reported unused is refused by the planner, every bit reported used is not refused at that bit', () => {

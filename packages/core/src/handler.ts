@@ -188,6 +188,29 @@ export interface LbaRange {
   readonly blocks: number;
 }
 
+/** SBC-4 PROVISIONING STATUS of an extent: mapped, deallocated (reads zeros), anchored. */
+export type LbaProvisioning = 'mapped' | 'deallocated' | 'anchored';
+
+export interface LbaStatusExtent extends LbaRange {
+  readonly status: LbaProvisioning;
+}
+
+/**
+ * Extents from per-block-run classification: merge adjacent runs of one
+ * status, stop at `maxExtents`. `runs` yields [lba, blocks, status] in order.
+ */
+export function mergeExtents(runs: Iterable<readonly [number, number, LbaProvisioning]>, maxExtents: number): LbaStatusExtent[] {
+  const out: { lba: number; blocks: number; status: LbaProvisioning }[] = [];
+  for (const [lba, blocks, status] of runs) {
+    if (blocks <= 0) continue;
+    const last = out[out.length - 1];
+    if (last && last.status === status && last.lba + last.blocks === lba) last.blocks += blocks;
+    else if (out.length === maxExtents) break;
+    else out.push({ lba, blocks, status });
+  }
+  return out;
+}
+
 /** A command handed to `DeviceHandler.handleCmd` before the engine emulates it. */
 export interface RawCommand {
   readonly cdb: Uint8Array;
@@ -281,6 +304,14 @@ export interface DeviceHandler {
   getLockTag?(): Promise<number | null>;
   /** Whether this node holds the lock right now. */
   getLockState?(): Promise<HandlerLockState>;
+  /**
+   * Optional. GET LBA STATUS: the provisioning of the blocks from `lba` on,
+   * as extents in order, the first starting at `lba`, together at most
+   * `blocks` long and at most `maxExtents` of them (fewer is fine: the
+   * initiator asks again from where the answer ends). A block reported
+   * deallocated must read back as zeros.
+   */
+  lbaStatus?(lba: number, blocks: number, maxExtents: number): Callout<readonly LbaStatusExtent[]>;
   /** Optional. Read once after open(): what the medium's geometry asks initiators to do. */
   readonly limits?: DeviceLimits;
   /**

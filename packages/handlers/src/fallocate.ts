@@ -1,5 +1,6 @@
 /**
- * fallocate(2) through koffi, which Node's fs does not offer.
+ * fallocate(2), and lseek(2)'s SEEK_DATA / SEEK_HOLE, through koffi: Node's
+ * fs offers neither.
  */
 import koffi from 'koffi';
 import { errnoName } from '@tcmu-ts/ring';
@@ -52,4 +53,44 @@ export function fallocate(fd: number, mode: number, offset: number, len: number)
       resolve(again === 0 ? 0 : errnoException(koffi.errno()));
     });
   });
+}
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const ENXIO = 6;
+type LseekFn = (fd: number, offset: number, whence: number) => number;
+let lseekFn: LseekFn | null | undefined;
+
+/**
+ * The extents of data and holes of a file over [from, to), in bytes, in
+ * order (a filesystem without SEEK_DATA reports everything as data, which
+ * is never wrong). Synchronous: a lookup in the filesystem's extent map.
+ */
+export function fileExtents(fd: number, from: number, to: number, maxExtents: number): { start: number; end: number; data: boolean }[] {
+  if (lseekFn === undefined) {
+    try {
+      lseekFn = koffi.load('libc.so.6').func('int64_t lseek(int fd, int64_t offset, int whence)') as unknown as LseekFn;
+    } catch {
+      lseekFn = null;
+    }
+  }
+  if (!lseekFn) return [{ start: from, end: to, data: true }];
+  const out: { start: number; end: number; data: boolean }[] = [];
+  for (let at = from; at < to && out.length < maxExtents;) {
+    let data = lseekFn(fd, at, SEEK_DATA);
+    if (data < 0) {
+      if (koffi.errno() !== ENXIO) return [...out, { start: at, end: to, data: true }];
+      data = to; // no data after `at`: a hole to the end
+    }
+    if (data > at) {
+      out.push({ start: at, end: Math.min(data, to), data: false });
+      at = Math.min(data, to);
+      continue;
+    }
+    const hole = lseekFn(fd, at, SEEK_HOLE);
+    const end = hole < 0 ? to : Math.min(hole, to);
+    out.push({ start: at, end, data: true });
+    at = end;
+  }
+  return out;
 }

@@ -15,6 +15,7 @@ import {
   defineHandler,
   errnoError,
   isZeroRange,
+  mergeExtents,
   parseOptions,
   sliceBuffers,
   writeSameViaWrite,
@@ -25,10 +26,12 @@ import {
   type DeviceHandler,
   type Handler,
   type HandlerDevice,
+  type LbaProvisioning,
   type LbaRange,
+  type LbaStatusExtent,
   type ReconfigChange,
 } from '@tcmu-ts/core';
-import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './fallocate.js';
+import { fallocate, fileExtents, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './fallocate.js';
 import { FileIoPool } from './file-pool.js';
 
 export interface FileConfig {
@@ -244,6 +247,31 @@ export class FileDevice implements DeviceHandler {
       }
       await this.writeZeros(off, len);
     }
+  }
+
+  /**
+   * Holes are deallocated, data extents mapped. A hole is only reported for
+   * whole blocks (a block the filesystem's hole covers in part holds data).
+   */
+  lbaStatus(lba: number, blocks: number, maxExtents: number): readonly LbaStatusExtent[] {
+    const bs = this.dev.blockSize;
+    const runs = fileExtents(this.fd, lba * bs, (lba + blocks) * bs, maxExtents + 1).map(({ start, end, data }) => {
+      const first = data ? Math.floor(start / bs) : Math.ceil(start / bs);
+      const last = data ? Math.ceil(end / bs) : Math.floor(end / bs);
+      return [first, last - first, data ? 'mapped' : 'deallocated'] as const;
+    });
+    // Rounding may make neighbours overlap or leave gaps; whatever a hole does not cover whole is mapped.
+    const fixed: [number, number, LbaProvisioning][] = [];
+    let at = lba;
+    for (const [first, n, status] of runs) {
+      const s = Math.max(first, at);
+      const e = first + n;
+      if (s > at) fixed.push([at, s - at, 'mapped']);
+      if (e > s) fixed.push([s, e - s, status]);
+      at = Math.max(at, e);
+    }
+    if (at < lba + blocks && fixed.length < maxExtents) fixed.push([at, lba + blocks - at, 'mapped']);
+    return mergeExtents(fixed, maxExtents);
   }
 
   async writeSame(io: BlockIo, pattern: Uint8Array): Promise<void> {

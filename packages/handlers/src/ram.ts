@@ -8,6 +8,7 @@ import {
   configOk,
   defineHandler,
   isZeroRange,
+  mergeExtents,
   parseOptions,
   parseSize,
   type BlockIo,
@@ -16,7 +17,9 @@ import {
   type ConfigCheck,
   type DeviceHandler,
   type HandlerDevice,
+  type LbaProvisioning,
   type LbaRange,
+  type LbaStatusExtent,
   type ReconfigChange,
 } from '@tcmu-ts/core';
 
@@ -115,6 +118,21 @@ export class RamDevice implements DeviceHandler {
   }
 
   flush(): void {
+  }
+
+  /** A chunk never written with data, or zeroed since, is deallocated. */
+  lbaStatus(lba: number, blocks: number, maxExtents: number): readonly LbaStatusExtent[] {
+    const perChunk = this.chunkSize / this.dev.blockSize;
+    const chunks = this.chunks;
+    function* runs(): Generator<[number, number, LbaProvisioning]> {
+      for (let at = lba, end = lba + blocks; at < end;) {
+        const ci = Math.floor(at / perChunk);
+        const next = Math.min(end, (ci + 1) * perChunk);
+        yield [at, next - at, chunks.has(ci) ? 'mapped' : 'deallocated'];
+        at = next;
+      }
+    }
+    return mergeExtents(runs(), maxExtents);
   }
 
   unmap(ranges: readonly LbaRange[]): void {

@@ -91,6 +91,8 @@ export interface ScsiDeviceInfo {
   blockVpdPages?: readonly number[];
   /** ZONED field of the Block Device Characteristics page (01b host aware, 10b device managed). */
   zoned?: number;
+  /** GET LBA STATUS offered: the handler can tell mapped from deallocated blocks. */
+  getLbaStatus?: boolean;
   /** RECOMMENDED COMMAND TIMEOUT of REPORT SUPPORTED OPERATION CODES, seconds (0: not reported). */
   commandTimeoutSeconds?: number;
   /** VPD pages the handler serves itself, each whole (header included), listed in page 00h. */

@@ -58,6 +58,8 @@ export type ScsiPlan =
   | { kind: 'copy-status'; listId: number; allocationLength: number }
   /** REPORT TARGET PORT GROUPS: the engine brings the group states up to date, then answers. */
   | { kind: 'rtpg'; extended: boolean; allocationLength: number }
+  /** GET LBA STATUS from a checked LBA: the handler says what is mapped. */
+  | { kind: 'lba-status'; lba: number; allocationLength: number }
   /** SET TARGET PORT GROUPS. */
   | { kind: 'stpg'; descriptors: StpgDescriptor[] };
 
@@ -219,6 +221,15 @@ function planTestUnitReady(cdb: Uint8Array): ScsiPlan {
 function planServiceActionIn16(cdb: Uint8Array, dev: ScsiDeviceInfo): ScsiPlan {
   const sa = cdb[1] & 0x1f;
   if (sa === ServiceActionIn16.READ_CAPACITY_16) return goodOutcome(emulateReadCapacity16(cdb, dev));
+  if (sa === ServiceActionIn16.GET_LBA_STATUS && dev.getLbaStatus) {
+    checkControlByte(cdb, 16);
+    requireClear(cdb, 1, 0xe0);
+    requireZeroBytes(cdb, 14, 15); // REPORT TYPE (SBC-4r?): only "all" is offered
+    const lba = be64Number(cdb, 2);
+    // SBC-3 5.6: a STARTING LBA past the last one is out of range; every other is answered.
+    if (!(lba < dev.numLbas)) throw ScsiError.lbaOutOfRange();
+    return { kind: 'lba-status', lba, allocationLength: be32(cdb, 10) };
+  }
   // SPC-4: an unsupported service action is an invalid field, not an invalid opcode.
   throw ScsiError.invalidField(1, 4);
 }
@@ -298,7 +309,7 @@ const TABLE = new Map<number, TableEntry>([
   [Opcode.REQUEST_SENSE, core((c) => goodOutcome(requestSenseData(c)))],
   [Opcode.INQUIRY, core((c, d) => goodOutcome(emulateInquiry(c, d)))],
   [Opcode.READ_CAPACITY_10, core((c, d) => goodOutcome(emulateReadCapacity10(c, d)))],
-  [Opcode.SERVICE_ACTION_IN_16, core(planServiceActionIn16, [ServiceActionIn16.READ_CAPACITY_16])],
+  [Opcode.SERVICE_ACTION_IN_16, core(planServiceActionIn16, [ServiceActionIn16.READ_CAPACITY_16, ServiceActionIn16.GET_LBA_STATUS])],
   [Opcode.MODE_SENSE_6, core((c, d) => goodOutcome(emulateModeSense(c, d)))],
   [Opcode.MODE_SENSE_10, core((c, d) => goodOutcome(emulateModeSense(c, d)))],
   [Opcode.MODE_SELECT_6, core((c, d, o) => (emulateModeSelect(c, d, o), GOOD))],

@@ -2,7 +2,7 @@
  * REPORT SUPPORTED OPERATION CODES (SPC-4 6.35), derived from the planner
  * itself so the report cannot drift from what is answered: a command is
  * listed when its planner does not refuse it as an invalid operation code
- * for this device, and a CDB bit is reported as used unless the planner
+ * (or, for a service action, at its SERVICE ACTION field) for this device, and a CDB bit is reported as used unless the planner
  * refuses that bit alone with INVALID FIELD IN CDB pointing at it, or at a
  * higher bit of the same byte (the top of the field it belongs to).
  * Every bit is tried on a baseline CDB the planner accepts (a handful of
@@ -60,7 +60,10 @@ export function baselineCdb(c: CommandEntry): Uint8Array {
 /** The CDB USAGE DATA of one command, or undefined when the device does not support it. */
 export function cdbUsage(c: CommandEntry, probe: PlanProbe): Uint8Array | undefined {
   const base = baselineCdb(c);
-  if (probe(base) === 'invalid-opcode') return undefined;
+  const v0 = probe(base);
+  if (v0 === 'invalid-opcode') return undefined;
+  // A service action the device does not offer is refused at the SERVICE ACTION field.
+  if (c.serviceAction !== undefined && typeof v0 === 'object' && v0.byte === 1 && v0.bit === 4) return undefined;
   const usage = new Uint8Array(base.length);
   usage[0] = c.opcode;
   const cdb = new Uint8Array(base.length);

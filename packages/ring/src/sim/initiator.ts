@@ -154,6 +154,17 @@ export function cdbCompareAndWrite(lba: number, blocks: number): Uint8Array {
   return c;
 }
 
+/** GET LBA STATUS (SERVICE ACTION IN (16), 12h). */
+export function cdbGetLbaStatus(lba: number, allocLen = 4096): Uint8Array {
+  const c = new Uint8Array(16);
+  c[0] = 0x9e;
+  c[1] = 0x12;
+  const v = new DataView(c.buffer);
+  v.setBigUint64(2, BigInt(lba));
+  v.setUint32(10, allocLen);
+  return c;
+}
+
 export function cdbInquiry(allocLen: number, vpdPage?: number): Uint8Array {
   checkRange('allocation length', allocLen, 0xffff);
   const c = new Uint8Array(6);

@@ -16,7 +16,7 @@ import {
   copyToBuffers, enabledPort, errnoError, flattenBuffers, hexBytes, isZeroRange, makeBlockIo, naaDesignator, patternOf,
   planCommand, requestSenseData, scsiErrorFor, sliceBuffers, sliceIovecs, writeSameViaWrite,
   MEDIA_ACCESS_OPCODES, PARAMETER_LIST_OPCODES, READ_ONLY_MEDIA_OPCODES,
-  type AluaGroupInfo, type BlockIo, type Callout, type CompareAndWriteIo, type DeviceHandler, type IoVec,
+  type AluaGroupInfo, type BlockIo, type Callout, type CompareAndWriteIo, type DeviceHandler, type IoVec, type LbaStatusExtent,
   type RawResult, type ScsiDeviceInfo, type ScsiPlan,
 } from '@tcmu-ts/core';
 import { ScsiStatus } from '@tcmu-ts/ring/abi';
@@ -407,6 +407,8 @@ export class CommandExecutor {
         const d = await this.alua.reportTargetPortGroups(plan.extended, plan.allocationLength);
         return copyToBuffers(data.buffers, d);
       }
+      case 'lba-status':
+        return copyToBuffers(data.buffers, await this.lbaStatus(plan.lba, plan.allocationLength));
       case 'stpg':
         if (!this.alua) throw ScsiError.invalidOpcode();
         await this.alua.setTargetPortGroups(plan.descriptors);
@@ -414,6 +416,16 @@ export class CommandExecutor {
       default:
         throw ScsiError.invalidOpcode();
     }
+  }
+
+  // ------------------------------------------------------------ GET LBA STATUS
+
+  /** The LBA status parameter data (SBC-3 5.6.2), as many descriptors as the allocation length holds. */
+  private async lbaStatus(lba: number, allocationLength: number): Promise<Uint8Array> {
+    if (!this.h.lbaStatus) throw ScsiError.invalidField(1, 4);
+    const max = Math.max(1, Math.min(LBA_STATUS_MAX_EXTENTS, Math.floor((allocationLength - 8) / 16)));
+    const extents = await this.h.lbaStatus(lba, this.info.numLbas - lba, max);
+    return lbaStatusData(extents, max);
   }
 
   // ------------------------------------------------------------ UNMAP / WRITE SAME
@@ -722,4 +734,30 @@ export class CommandExecutor {
     if (offset + blocks * this.info.blockSize > buf.byteLength) throw ScsiError.hardwareError();
     await this.localIo(op, lba, blocks, buf, offset);
   }
+}
+
+/** A handler is asked for at most this many extents per GET LBA STATUS (the initiator asks again from the end). */
+const LBA_STATUS_MAX_EXTENTS = 1024;
+const PROVISIONING_STATUS: Record<LbaStatusExtent['status'], number> = { mapped: 0, deallocated: 1, anchored: 2 };
+
+/** LBA status descriptors for extents; one longer than the 32-bit NUMBER OF LOGICAL BLOCKS field is split. */
+export function lbaStatusData(extents: readonly LbaStatusExtent[], maxDescriptors: number): Uint8Array {
+  const ds: [number, number, number][] = [];
+  for (const e of extents) {
+    for (let at = e.lba, left = e.blocks; left > 0 && ds.length < maxDescriptors;) {
+      const n = Math.min(left, 0xffffffff);
+      ds.push([at, n, PROVISIONING_STATUS[e.status]]);
+      at += n;
+      left -= n;
+    }
+  }
+  const out = new Uint8Array(8 + 16 * ds.length);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, 4 + 16 * ds.length);
+  ds.forEach(([at, n, st], i) => {
+    v.setBigUint64(8 + 16 * i, BigInt(at));
+    v.setUint32(8 + 16 * i + 8, n);
+    out[8 + 16 * i + 12] = st;
+  });
+  return out;
 }

@@ -18,6 +18,7 @@ function cloneAlua(a: AluaInfo | undefined): AluaInfo | undefined {
  *  - compareAndWrite(), or read() and write(): COMPARE AND WRITE of 1 block.
  *  - write() or writeSame(): WRITE SAME up to FFFFFFFFh blocks.
  *  - read() and write(): EXTENDED COPY (3PC).
+ *  - lbaStatus(): GET LBA STATUS.
  * What the handler's `limits` say overrides these defaults (rbd: its object size);
  * its `identity` changes what INQUIRY says the device is (zbc, fbo).
  * D_SENSE is changeable by MODE SELECT.
@@ -41,6 +42,7 @@ export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: De
     ...(handler
       ? {
           lbpu: unmap,
+          ...(typeof h.lbaStatus === 'function' ? { getLbaStatus: true } : {}),
           lbpws: unmap,
           lbprz: unmap && (limits.unmapReadsZeros ?? true),
           maxUnmapLbaCount: unmap ? limits.maxUnmapBlocks ?? TCMU_RUNNER_LIMITS.maxUnmapLbaCount : 0,
