@@ -369,6 +369,14 @@ export interface DeviceLimits {
   readonly optimalTransferBlocks?: number;
   /** The medium refuses writes (a snapshot): WP set, writes answered DATA PROTECT. */
   readonly writeProtect?: boolean;
+  /**
+   * write() of up to this many blocks lands whole or not at all, a crash
+   * included: WRITE ATOMIC (16) and the Block Limits atomic fields are
+   * offered. Absent: not offered.
+   */
+  readonly atomicWriteBlocks?: number;
+  /** ATOMIC ALIGNMENT: an atomic write must start at a multiple of this many blocks. */
+  readonly atomicAlignmentBlocks?: number;
 }
 
 /** See DeviceHandler.completions. */

@@ -16,6 +16,7 @@ import {
   type CompareResult,
   type ConfigCheck,
   type DeviceHandler,
+  type DeviceLimits,
   type HandlerDevice,
   type LbaProvisioning,
   type LbaRange,
@@ -55,10 +56,18 @@ export class RamDevice implements DeviceHandler {
   /** Chunk index -> its memory. A Map, because devices may be far larger than what is ever touched. */
   private readonly chunks = new Map<number, Uint8Array>();
 
+  /**
+   * A write is one copy on the device thread: no command sees it half
+   * done, and a crash loses the whole store anyway, so every write is atomic.
+   */
+  readonly limits: DeviceLimits;
+
   constructor(
     private readonly dev: HandlerDevice,
     readonly chunkSize: number,
-  ) {}
+  ) {
+    this.limits = { atomicWriteBlocks: dev.maxXferBlocks };
+  }
 
   /** Bytes of memory currently held, for tests and stats. */
   get allocatedBytes(): number {

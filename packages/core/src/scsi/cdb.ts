@@ -23,7 +23,9 @@ export const Opcode = {
   WRITE_10: 0x2a,
   WRITE_VERIFY_10: 0x2e,
   VERIFY_10: 0x2f,
+  PRE_FETCH_10: 0x34,
   SYNCHRONIZE_CACHE_10: 0x35,
+  READ_DEFECT_DATA_10: 0x37,
   WRITE_BUFFER: 0x3b,
   READ_BUFFER: 0x3c,
   WRITE_SAME_10: 0x41,
@@ -38,10 +40,13 @@ export const Opcode = {
   READ_16: 0x88,
   COMPARE_AND_WRITE: 0x89,
   WRITE_16: 0x8a,
+  ORWRITE_16: 0x8b,
   WRITE_VERIFY_16: 0x8e,
   VERIFY_16: 0x8f,
+  PRE_FETCH_16: 0x90,
   SYNCHRONIZE_CACHE_16: 0x91,
   WRITE_SAME_16: 0x93,
+  WRITE_ATOMIC_16: 0x9c,
   SERVICE_ACTION_IN_16: 0x9e,
   REPORT_LUNS: 0xa0,
   MAINTENANCE_IN: 0xa3,
@@ -50,6 +55,7 @@ export const Opcode = {
   WRITE_12: 0xaa,
   WRITE_VERIFY_12: 0xae,
   VERIFY_12: 0xaf,
+  READ_DEFECT_DATA_12: 0xb7,
 } as const;
 
 /** Service actions of SERVICE ACTION IN (16) (SBC-3). */

@@ -91,6 +91,14 @@ export interface ScsiDeviceInfo {
   blockVpdPages?: readonly number[];
   /** ZONED field of the Block Device Characteristics page (01b host aware, 10b device managed). */
   zoned?: number;
+  /**
+   * MAXIMUM ATOMIC TRANSFER LENGTH (VPD B0h) and WRITE ATOMIC (16): only
+   * when the handler promises a write of up to this many blocks lands whole
+   * or not at all. 0/absent: not offered.
+   */
+  maxAtomicBlocks?: number;
+  /** ATOMIC ALIGNMENT in blocks (VPD B0h); 0/absent: none. */
+  atomicAlignmentBlocks?: number;
   /** GET LBA STATUS offered: the handler can tell mapped from deallocated blocks. */
   getLbaStatus?: boolean;
   /** RECOMMENDED COMMAND TIMEOUT of REPORT SUPPORTED OPERATION CODES, seconds (0: not reported). */

@@ -204,7 +204,7 @@ function blockLimits(dev: ScsiDeviceInfo): Uint8Array {
   // OPTIMAL TRANSFER LENGTH GRANULARITY (6..7) left 0: not reported.
   put32(b, 8, sat32(dev.maxXferBlocks));
   put32(b, 12, sat32(dev.optimalXferBlocks ?? dev.maxXferBlocks));
-  // MAXIMUM PREFETCH LENGTH (16..19) 0: PRE-FETCH not supported.
+  // MAXIMUM PREFETCH LENGTH (16..19) 0: no limit reported (PRE-FETCH only checks the range).
   if (dev.lbpu) {
     put32(b, 20, sat32(dev.maxUnmapLbaCount));
     put32(b, 24, sat32(dev.maxUnmapDescriptors));
@@ -217,6 +217,12 @@ function blockLimits(dev: ScsiDeviceInfo): Uint8Array {
     }
   }
   put64(b, 36, Math.max(0, dev.maxWriteSameBlocks ?? 0));
+  if (dev.maxAtomicBlocks) {
+    put32(b, 44, sat32(dev.maxAtomicBlocks)); // MAXIMUM ATOMIC TRANSFER LENGTH
+    put32(b, 48, sat32(dev.atomicAlignmentBlocks ?? 0)); // ATOMIC ALIGNMENT
+    put32(b, 52, 0); // ATOMIC TRANSFER LENGTH GRANULARITY: any length
+    // MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC BOUNDARY, MAXIMUM ATOMIC BOUNDARY SIZE: 0, no boundaries
+  }
   return b;
 }
 

@@ -25,8 +25,8 @@ import {
   type StpgDescriptor,
 } from './alua.js';
 import {
-  checkStartStopUnit, decodeCompareAndWrite, decodeFormatUnit, decodeUnmap, decodeVerify, decodeWriteSame,
-  decodeWriteVerify, type UnmapRange,
+  checkPreFetch, checkStartStopUnit, decodeCompareAndWrite, decodeFormatUnit, decodeOrWrite, decodeUnmap, decodeVerify,
+  decodeWriteAtomic, decodeWriteSame, decodeWriteVerify, readDefectData, type UnmapRange,
 } from './sbc.js';
 import { Asc, buildSense, ScsiError, SenseKey } from './sense.js';
 import {
@@ -50,6 +50,10 @@ export type ScsiPlan =
   | { kind: 'verify'; lba: number; blocks: number; bytchk: 0 | 1 | 3 }
   /** WRITE AND VERIFY: write, read back, compare when bytchk is 1. */
   | { kind: 'write-verify'; lba: number; blocks: number; bytchk: 0 | 1 }
+  /** ORWRITE: Data-Out ORed into the blocks, under an exclusive hold of the range. */
+  | { kind: 'orwrite'; lba: number; blocks: number; fua: boolean }
+  /** WRITE ATOMIC: one handler write that the handler promised lands whole, under an exclusive hold. */
+  | { kind: 'write-atomic'; lba: number; blocks: number; fua: boolean }
   /** FORMAT UNIT: zero the whole medium; with `immed`, GOOD first and the format in the background. */
   | { kind: 'format'; immed: boolean }
   /** EXTENDED COPY (LID1) segments, not yet resolved to devices, with the list's identifier and its usage. */
@@ -335,6 +339,18 @@ const TABLE = new Map<number, TableEntry>([
   [Opcode.WRITE_VERIFY_12, engine(planWriteVerify)],
   [Opcode.WRITE_VERIFY_16, engine(planWriteVerify)],
   [Opcode.FORMAT_UNIT, engine((c, d, o) => ({ kind: 'format', ...decodeFormatUnit(c, d, o) }))],
+  [Opcode.PRE_FETCH_10, core((c, d) => (checkPreFetch(c, d), GOOD))],
+  [Opcode.PRE_FETCH_16, core((c, d) => (checkPreFetch(c, d), GOOD))],
+  [Opcode.READ_DEFECT_DATA_10, core((c) => goodOutcome(readDefectData(c)))],
+  [Opcode.READ_DEFECT_DATA_12, core((c) => goodOutcome(readDefectData(c)))],
+  [Opcode.ORWRITE_16, engine((c, d) => {
+    const f = decodeOrWrite(c, d);
+    return f.blocks ? { kind: 'orwrite', ...f } : GOOD;
+  })],
+  [Opcode.WRITE_ATOMIC_16, engine((c, d) => {
+    const f = decodeWriteAtomic(c, d);
+    return f.blocks ? { kind: 'write-atomic', ...f } : GOOD;
+  })],
   [Opcode.START_STOP_UNIT, engine((c) => (checkStartStopUnit(c), GOOD))],
   [Opcode.EXTENDED_COPY, engine(planExtendedCopy, [0x00])],
   [Opcode.RECEIVE_COPY_RESULTS, engine(planReceiveCopyResults, [CopyResultsAction.COPY_STATUS, CopyResultsAction.OPERATING_PARAMETERS])],
@@ -413,12 +429,14 @@ export const MEDIA_ACCESS_OPCODES: ReadonlySet<number> = new Set([
   Opcode.WRITE_VERIFY_10, Opcode.WRITE_VERIFY_12, Opcode.WRITE_VERIFY_16,
   Opcode.WRITE_SAME_10, Opcode.WRITE_SAME_16, Opcode.FORMAT_UNIT,
   Opcode.VERIFY_10, Opcode.VERIFY_12, Opcode.VERIFY_16,
+  Opcode.PRE_FETCH_10, Opcode.PRE_FETCH_16, Opcode.ORWRITE_16, Opcode.WRITE_ATOMIC_16,
 ]);
 
 /** Of MEDIA_ACCESS_OPCODES, those that only read (an implicit transition takes a read lock for them). */
 export const READ_ONLY_MEDIA_OPCODES: ReadonlySet<number> = new Set([
   Opcode.READ_6, Opcode.READ_10, Opcode.READ_12, Opcode.READ_16,
   Opcode.VERIFY_10, Opcode.VERIFY_12, Opcode.VERIFY_16,
+  Opcode.PRE_FETCH_10, Opcode.PRE_FETCH_16,
 ]);
 
 function planFrom(

@@ -236,6 +236,94 @@ export function decodeWriteVerify(cdb: Uint8Array, dev: ScsiDeviceInfo): WriteVe
   return { lba, blocks: l.blocks, bytchk: ((cdb[1] >> 1) & 1) as 0 | 1 };
 }
 
+// ---------------------------------------------------------------- PRE-FETCH, ORWRITE, WRITE ATOMIC, READ DEFECT DATA
+
+/**
+ * PRE-FETCH (10)/(16) (SBC-3 5.9/5.10): checked and answered GOOD. There
+ * is no cache of our own to fill, and GOOD is what SBC asks for when the
+ * cache cannot take the blocks (CONDITION MET means they are now cached).
+ * IMMED is accepted: either way the command has nothing left to do.
+ */
+export function checkPreFetch(cdb: Uint8Array, dev: ScsiDeviceInfo): void {
+  const ten = cdb[0] === 0x34;
+  const len = ten ? 10 : 16;
+  checkControlByte(cdb, len);
+  requireClear(cdb, 1, 0xfd);
+  requireClear(cdb, ten ? 6 : 14, 0xe0);
+  const lba = ten ? BigInt(be32(cdb, 2)) : be64(cdb, 2);
+  inRange(dev, lba, ten ? be16(cdb, 7) : be32(cdb, 10));
+}
+
+export interface OrWriteFields {
+  readonly lba: number;
+  readonly blocks: number;
+  readonly fua: boolean;
+}
+
+/** ORWRITE (16) (SBC-3 5.8): the Data-Out ORed into the blocks, read-modify-write under an exclusive hold. */
+export function decodeOrWrite(cdb: Uint8Array, dev: ScsiDeviceInfo): OrWriteFields {
+  checkControlByte(cdb, 16);
+  noProtection(cdb); // ORPROTECT
+  requireClear(cdb, 1, 0x07);
+  requireClear(cdb, 14, 0xe0);
+  const blocks = be32(cdb, 10);
+  if (dev.maxXferBlocks > 0 && blocks > dev.maxXferBlocks) throw ScsiError.invalidField(10);
+  if (dev.writeProtect) throw ScsiError.writeProtected();
+  return { lba: inRange(dev, be64(cdb, 2), blocks), blocks, fua: (cdb[1] & 0x08) !== 0 };
+}
+
+/**
+ * WRITE ATOMIC (16) (SBC-4 5.48): offered only when the handler promises
+ * atomic writes (maxAtomicBlocks); ATOMIC BOUNDARY 0 only (no boundary
+ * granularity is reported), a transfer longer than the atomic maximum is
+ * refused at its field, an unaligned one too.
+ */
+export function decodeWriteAtomic(cdb: Uint8Array, dev: ScsiDeviceInfo): OrWriteFields {
+  const max = dev.maxAtomicBlocks ?? 0;
+  if (!max) throw ScsiError.invalidOpcode();
+  checkControlByte(cdb, 16);
+  noProtection(cdb);
+  requireClear(cdb, 1, 0x07);
+  requireZeroBytes(cdb, 10, 12); // ATOMIC BOUNDARY
+  requireClear(cdb, 14, 0xe0);
+  const blocks = be16(cdb, 12);
+  if (blocks > max) throw ScsiError.invalidField(12);
+  if (dev.writeProtect) throw ScsiError.writeProtected();
+  const lba = inRange(dev, be64(cdb, 2), blocks);
+  const align = dev.atomicAlignmentBlocks ?? 0;
+  if (align > 1 && lba % align !== 0) throw ScsiError.invalidField(2);
+  return { lba, blocks, fua: (cdb[1] & 0x08) !== 0 };
+}
+
+/**
+ * READ DEFECT DATA (10)/(12) (SBC-3 5.18/5.19): a medium without defects.
+ * The header echoes the requested lists as valid and the requested format,
+ * with an empty list.
+ */
+export function readDefectData(cdb: Uint8Array): Uint8Array {
+  const ten = cdb[0] === 0x37;
+  checkControlByte(cdb, ten ? 10 : 12);
+  let req: number;
+  let alloc: number;
+  let out: Uint8Array;
+  if (ten) {
+    requireClear(cdb, 1, 0xff);
+    requireClear(cdb, 2, 0xe0);
+    requireZeroBytes(cdb, 3, 7);
+    req = cdb[2] & 0x1f;
+    alloc = be16(cdb, 7);
+    out = new Uint8Array(4);
+  } else {
+    requireClear(cdb, 1, 0xe0);
+    requireZeroBytes(cdb, 10, 11);
+    req = cdb[1] & 0x1f;
+    alloc = be32(cdb, 6);
+    out = new Uint8Array(8); // GENERATION CODE 0: not reported; DEFECT LIST LENGTH 0
+  }
+  out[1] = req; // PLISTV, GLISTV as asked, DEFECT LIST FORMAT as asked
+  return out.subarray(0, Math.min(alloc, out.length));
+}
+
 // ---------------------------------------------------------------- FORMAT UNIT
 
 export interface FormatUnitFields {

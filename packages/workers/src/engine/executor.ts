@@ -394,6 +394,12 @@ export class CommandExecutor {
       case 'write-verify':
         await this.writeVerify(plan.lba, plan.blocks, data);
         return 0;
+      case 'orwrite':
+        await this.orWrite(plan.lba, plan.blocks, plan.fua, data);
+        return 0;
+      case 'write-atomic':
+        await this.writeAtomic(plan.lba, plan.blocks, plan.fua, data);
+        return 0;
       case 'format':
         await this.format(plan.immed);
         return 0;
@@ -554,6 +560,41 @@ export class CommandExecutor {
         if (diff >= 0) throw ScsiError.miscompare(at + diff);
       });
     });
+  }
+
+  // ------------------------------------------------------------ ORWRITE, WRITE ATOMIC
+
+  /** Read, OR the Data-Out in, write back: the range held exclusively so no write lands in between. */
+  private async orWrite(lba: number, blocks: number, fua: boolean, data: CommandData): Promise<void> {
+    const h = this.h;
+    if (!h.write || !h.read) throw ScsiError.invalidOpcode();
+    const bs = this.info.blockSize;
+    const length = blocks * bs;
+    if (data.dataLength < length) throw ScsiError.hardwareError();
+    await this.locked(lba, blocks, true, async () => {
+      const merged = new Uint8Array(length);
+      await h.read!(makeBlockIo({ lba, blocks, blockSize: bs, buffers: [merged] }));
+      let at = 0;
+      for (const b of sliceBuffers(data.buffers, 0, length)) {
+        for (let i = 0; i < b.length; i++) merged[at + i] |= b[i];
+        at += b.length;
+      }
+      await h.write!(makeBlockIo({ lba, blocks, blockSize: bs, buffers: [merged], fua }));
+    });
+  }
+
+  /**
+   * One write() the handler promised lands whole (limits.atomicWriteBlocks),
+   * held exclusively so no overlapping command is interleaved with it.
+   */
+  private async writeAtomic(lba: number, blocks: number, fua: boolean, data: CommandData): Promise<void> {
+    const h = this.h;
+    if (!h.write || !h.limits?.atomicWriteBlocks) throw ScsiError.invalidOpcode();
+    const bs = this.info.blockSize;
+    const length = blocks * bs;
+    if (data.dataLength < length) throw ScsiError.hardwareError();
+    await this.locked(lba, blocks, true, () =>
+      h.write!(makeBlockIo({ lba, blocks, blockSize: bs, buffers: sliceBuffers(data.buffers, 0, length), iovecs: sliceIovecs(data.iovecs, 0, length), fua })));
   }
 
   // ------------------------------------------------------------ FORMAT UNIT

@@ -51,6 +51,9 @@ export function scsiInfoFromSpec(spec: DeviceSpec, numLbas: number, handler?: De
           ...(unmap ? { unmapGranularityAlignment: limits.unmapGranularityAlignment ?? 0 } : {}),
           ...(limits.optimalTransferBlocks ? { optimalXferBlocks: limits.optimalTransferBlocks } : {}),
           ...(limits.writeProtect ? { writeProtect: true } : {}),
+          ...(limits.atomicWriteBlocks && typeof h.write === 'function'
+            ? { maxAtomicBlocks: Math.min(limits.atomicWriteBlocks, spec.maxXferBlocks), atomicAlignmentBlocks: limits.atomicAlignmentBlocks ?? 0 }
+            : {}),
           maxCompareAndWriteBlocks: typeof h.compareAndWrite === 'function' || rw ? TCMU_RUNNER_LIMITS.maxCompareAndWriteBlocks : 0,
           maxWriteSameBlocks: typeof h.write === 'function' || typeof h.writeSame === 'function' ? TCMU_RUNNER_LIMITS.maxWriteSameBlocks : 0,
           thirdPartyCopy: rw,
