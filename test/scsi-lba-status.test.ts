@@ -1,7 +1,7 @@
 /**
  * GET LBA STATUS through the engine and the simulator: ram reports its
- * chunks, file its holes (SEEK_DATA/SEEK_HOLE), both after writes and
- * UNMAP; descriptors are cut to the allocation length; a handler without
+ * chunks, file its holes (SEEK_DATA/SEEK_HOLE), qcow2 its clusters, each
+ * after writes and UNMAP; descriptors are cut to the allocation length; a handler without
  * lbaStatus does not offer the command.
  */
 import { expect } from 'chai';
@@ -9,9 +9,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { planCommand, type Handler, type ScsiOutcome } from '@tcmu-ts/core';
-import { fileHandler, ramHandler } from '@tcmu-ts/handlers';
+import { fileHandler, qcowHandler, ramHandler } from '@tcmu-ts/handlers';
 import { KernelSimulator, ScsiStatus, cdbGetLbaStatus, cdbUnmap, cdbWrite16 } from '@tcmu-ts/ring';
 import { serveDevice } from '@tcmu-ts/workers';
+import { expectClean, qemu, requireQemuImg } from './fixtures/qcow-tools.js';
 import { be32, be64, expectCheck, invalidField, lbaOutOfRange, makeDev } from './scsi-helpers.js';
 
 const BS = 512;
@@ -85,6 +86,27 @@ describe('scsi GET LBA STATUS', function () {
         await good(sim.submit(u.cdb, { dataOut: u.data }));
         expect(await lbaStatus(sim, 0)).to.deep.equal([[0, N, 1]]);
       });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('qcow2: unallocated clusters are deallocated, a written cluster mapped; UNMAP frees it again', async () => {
+    requireQemuImg();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcmu-lbastatus-'));
+    const img = path.join(dir, 'img.qcow2');
+    qemu(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=64k', img, String(N * BS)]);
+    const perCluster = 64 * KiB / BS;
+    try {
+      await withDevice(qcowHandler, img, N, async (sim) => {
+        expect(await lbaStatus(sim, 0)).to.deep.equal([[0, N, 1]]);
+        await good(sim.submit(cdbWrite16(16 * perCluster + 3, 8), { dataOut: new Uint8Array(8 * BS).fill(9) }));
+        expect(await lbaStatus(sim, 0)).to.deep.equal([[0, 16 * perCluster, 1], [16 * perCluster, perCluster, 0], [17 * perCluster, N - 17 * perCluster, 1]]);
+        const u = cdbUnmap([[16 * perCluster, perCluster]]);
+        await good(sim.submit(u.cdb, { dataOut: u.data }));
+        expect(await lbaStatus(sim, 0)).to.deep.equal([[0, N, 1]]);
+      });
+      expectClean(img);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -79,6 +79,12 @@ export interface WritableImage extends ImageLayer {
   zero(offset: number, length: number, unmap: boolean): void;
   /** Everything written so far on stable media. */
   flush(): void;
+  /**
+   * Optional. From guest byte `offset`: whether it is deallocated (reads
+   * zeros and holds no cluster of its own) and over how many bytes, up to
+   * `limit`, that stays so (whole clusters). For GET LBA STATUS.
+   */
+  provisioningRun?(offset: number, limit: number): { deallocated: boolean; length: number };
 }
 
 export interface OpenImageOptions {
@@ -1072,6 +1078,21 @@ export class Qcow2Image implements WritableImage {
         dst.set(this.decompress(hi, lo, ci));
         return;
     }
+  }
+
+  provisioningRun(offset: number, limit: number): { deallocated: boolean; length: number } {
+    const cs = this.clusterSize;
+    const ci = Math.floor(offset / cs);
+    const deallocated = this.isDeallocated(ci);
+    let end = Math.min(limit, (ci + 1) * cs);
+    while (end < limit && this.isDeallocated(end / cs) === deallocated) end = Math.min(limit, end + cs);
+    return { deallocated, length: end - offset };
+  }
+
+  /** Reads zeros without a host cluster: the zero flag alone, or unallocated with nothing showing through (a zero flag that keeps its cluster is still provisioned). */
+  private isDeallocated(ci: number): boolean {
+    const kind = this.lookup(ci);
+    return kind === Kind.ZeroPlain || (kind === Kind.Unallocated && this.sourceIsZero(ci, kind));
   }
 
   /** Whether the source of a guest cluster is known to be zeros without reading anything. */

@@ -22,6 +22,7 @@ import {
   defineHandler,
   errnoError,
   isZeroRange,
+  mergeExtents,
   parseOptions,
   parseSize,
   type BlockIo,
@@ -30,7 +31,9 @@ import {
   type DeviceHandler,
   type Handler,
   type HandlerDevice,
+  type LbaProvisioning,
   type LbaRange,
+  type LbaStatusExtent,
   type ReconfigChange,
 } from '@tcmu-ts/core';
 import { openFileDevice } from './file.js';
@@ -126,6 +129,21 @@ export class QcowDevice implements DeviceHandler {
   }
 
   /** Whole clusters are released (they read as zeros, or as zero clusters over a backing file). */
+  /** Clusters that hold nothing of their own and read zeros are deallocated; a format that cannot tell (qcow v1) says mapped. */
+  lbaStatus(lba: number, blocks: number, maxExtents: number): readonly LbaStatusExtent[] {
+    const bs = this.dev.blockSize;
+    const image = this.image;
+    if (!image.provisioningRun) return [{ lba, blocks, status: 'mapped' }];
+    function* runs(): Generator<[number, number, LbaProvisioning]> {
+      for (let at = lba * bs, end = (lba + blocks) * bs; at < end;) {
+        const r = image.provisioningRun!(at, end);
+        yield [at / bs, r.length / bs, r.deallocated ? 'deallocated' : 'mapped'];
+        at += r.length;
+      }
+    }
+    return mergeExtents(runs(), maxExtents);
+  }
+
   unmap(ranges: readonly LbaRange[]): Callout<void> {
     const bs = this.dev.blockSize;
     for (const r of ranges) if (r.blocks > 0) this.image.zero(r.lba * bs, r.blocks * bs, true);
