@@ -273,6 +273,9 @@ function probe(set, devPath, outPath) {
         r = { error: e.message };
       }
       results.push({ id: step.id, cdb: hex(Uint8Array.from(step.cdb)), ...r });
+      // written after every step: a daemon that stops answering still leaves what it said
+      writeFileSync(outPath, JSON.stringify(results, null, 1));
+      if (process.env.SCSI_COMPARE_VERBOSE) console.log(`  ${step.id}: ${r.error ?? `status ${r.status} host ${r.hostStatus}`}`);
     }
   } finally {
     dev.close();

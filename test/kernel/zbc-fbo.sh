@@ -13,12 +13,14 @@
 #      an ISO9660 image made with genisoimage mounts and its files check out,
 #      dvd+rw-mediainfo answers
 #   kernel log clean
-# Env (run.mjs --env NAME=VALUE): ZO_PHASES (default RTK; T always runs when K does).
+# Env (run.mjs --env NAME=VALUE): ZO_PHASES (default RTK; T always runs when K does), ZO_SETS
+# (default "zbc fbo"), ZO_TR_LOG_LEVEL (tcmu-runner's log_level, e.g. 5 to log every CDB).
 # Alone: node test/kernel/run.mjs --skip-prepare --timeout 900 test/kernel/zbc-fbo.sh
 . "$TCMU_REPO/test/kernel/lib.sh"
 . "$TCMU_REPO/test/kernel/tcmu-ts-lib.sh"
 
 PHASES=${ZO_PHASES:-RTK}
+ZO_SETS=${ZO_SETS:-zbc fbo}   # which comparison sets zo_probe sends
 phase() { [[ $PHASES == *"$1"* ]]; }
 MB=$((1024 * 1024))
 CMP="node $TCMU_REPO/test/kernel/scsi-compare.mjs"
@@ -72,7 +74,7 @@ zo_unluns() {
 # zo_probe SIDE: the comparison CDBs to both LUNs, answers to responses/<set>-SIDE.json
 zo_probe() {
   local set sg
-  for set in zbc fbo; do
+  for set in $ZO_SETS; do
     sg=$([ $set = zbc ] && echo "$ZO_ZBC_SG" || echo "$ZO_FBO_SG")
     [ -n "$sg" ] || { tk_fail "$1 $set probe" "no sg node"; continue; }
     $CMP probe $set /dev/$sg "$RESP/$set-$1.json" 2>&1 | sed 's/^/  probe: /'
@@ -82,8 +84,10 @@ zo_probe() {
 
 # ---------------------------------------------------------------- R. tcmu-runner
 if phase R; then
-  mkdir -p /tmp/tr-log
-  tcmu-runner -l /tmp/tr-log >"$TCMU_OUT/tcmu-runner.out" 2>&1 &
+  # its log straight into the run directory: a run that hangs still leaves it
+  mkdir -p "$TCMU_OUT/tr-log" /etc/tcmu
+  [ -n "${ZO_TR_LOG_LEVEL:-}" ] && printf 'log_level = %s\n' "$ZO_TR_LOG_LEVEL" >/etc/tcmu/tcmu.conf
+  tcmu-runner -l "$TCMU_OUT/tr-log" >"$TCMU_OUT/tcmu-runner.out" 2>&1 &
   RUNNER=$!
   _tr_bus() { dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.NameHasOwner string:org.kernel.TCMUService1 2>/dev/null | grep -q 'boolean true'; }
   tk_wait 30 _tr_bus; tk_eq "R tcmu-runner owns org.kernel.TCMUService1" 0 $?
@@ -94,7 +98,6 @@ if phase R; then
   zo_unluns tr
   kill "$RUNNER"; wait "$RUNNER" 2>/dev/null
   tk_log "R tcmu-runner stopped (exit $?)"
-  cp /tmp/tr-log/tcmu-runner.log "$TCMU_OUT/" 2>/dev/null
   _tr_gone() { ! _tr_bus; }
   tk_wait 10 _tr_gone
 fi
