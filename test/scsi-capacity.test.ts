@@ -80,6 +80,13 @@ describe('scsi READ CAPACITY (16)', () => {
     expect(expectData(emulate(rc16(), makeDev({ lbpu: true, lbprz: true })))[14]).to.equal(0xc0);
   });
 
+  it('says RC BASIS 01b (the whole medium) for a zoned disk, host managed or host aware, and 00b for a plain one', () => {
+    expect(expectData(emulate(rc16(), makeDev({ peripheralType: 0x14 })))[12]).to.equal(0x10);
+    expect(expectData(emulate(rc16(), makeDev({ zoned: 1 })))[12]).to.equal(0x10);
+    expect(expectData(emulate(rc16(), makeDev()))[12]).to.equal(0x00);
+    expect(be64(expectData(emulate(rc16(), makeDev({ peripheralType: 0x14, numLbas: 4096 }))), 0)).to.equal(4095n);
+  });
+
   it('reports the logical blocks per physical block exponent', () => {
     expect(expectData(emulate(rc16(), makeDev({ physicalBlockExponent: 3 })))[13]).to.equal(0x03);
   });

@@ -3,6 +3,7 @@ import { fileHandler } from './file.js';
 import { qcowHandler } from './qcow.js';
 import { ramHandler } from './ram.js';
 import { rbdHandler } from './rbd.js';
+import { zbcHandler } from './zbc.js';
 
 /** What `loadHandler('ram')` and friends resolve to; the core loader looks here by subtype. */
-export const builtinHandlers: readonly Handler[] = Object.freeze([ramHandler, fileHandler, rbdHandler, qcowHandler]);
+export const builtinHandlers: readonly Handler[] = Object.freeze([ramHandler, fileHandler, rbdHandler, qcowHandler, zbcHandler]);

@@ -55,6 +55,17 @@ export function fallocate(fd: number, mode: number, offset: number, len: number)
   });
 }
 
+/**
+ * The same call made on the calling thread, for handlers whose every callout
+ * finishes in place (zbc: a zone reset must be done before the next command
+ * is looked at). Returns 0 or the error, as fallocate() resolves.
+ */
+export function fallocateSync(fd: number, mode: number, offset: number, len: number): 0 | NodeJS.ErrnoException {
+  const f = binding();
+  if (f === null) return errnoException(38);
+  return f(fd, mode, offset, len) === 0 ? 0 : errnoException(koffi.errno());
+}
+
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 const ENXIO = 6;

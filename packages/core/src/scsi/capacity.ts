@@ -14,6 +14,11 @@ function lastLba(dev: ScsiDeviceInfo): number {
   return Math.max(0, dev.numLbas - 1);
 }
 
+/** Host managed by its device type, or host aware by the ZONED field. */
+function isZoned(dev: ScsiDeviceInfo): boolean {
+  return dev.peripheralType === 0x14 || (dev.zoned ?? 0) !== 0;
+}
+
 /** READ CAPACITY (10) parameter data. FFFFFFFFh tells the initiator to use READ CAPACITY (16). */
 export function readCapacity10Data(dev: ScsiDeviceInfo): Uint8Array {
   const b = new Uint8Array(READ_CAPACITY_10_LENGTH);
@@ -28,6 +33,10 @@ export function readCapacity16Data(dev: ScsiDeviceInfo): Uint8Array {
   put64(b, 0, lastLba(dev));
   put32(b, 8, dev.blockSize);
   // byte 12: P_TYPE / PROT_EN = 0, no protection information.
+  // RC BASIS 01b on a zoned disk: the LBA returned is the last of the whole
+  // medium. 00b would promise only the conventional zones at the start (ZBC),
+  // and sd_zbc would then size the disk by them.
+  if (isZoned(dev)) b[12] |= 0x10;
   b[13] = (dev.physicalBlockExponent ?? 0) & 0x0f; // P_I_EXPONENT 0
   if (lbpme(dev)) {
     b[14] |= 0x80; // LBPME

@@ -52,6 +52,11 @@ export const Asc = {
   MISCOMPARE_DURING_VERIFY: pair(0x1d, 0x00),
   INVALID_COMMAND_OPERATION_CODE: pair(0x20, 0x00),
   LBA_OUT_OF_RANGE: pair(0x21, 0x00),
+  // ZBC: the write pointer and zone boundary rules of sequential write required zones.
+  UNALIGNED_WRITE_COMMAND: pair(0x21, 0x04),
+  WRITE_BOUNDARY_VIOLATION: pair(0x21, 0x05),
+  ATTEMPT_TO_READ_INVALID_DATA: pair(0x21, 0x06),
+  READ_BOUNDARY_VIOLATION: pair(0x21, 0x07),
   INVALID_FIELD_IN_CDB: pair(0x24, 0x00),
   LOGICAL_UNIT_NOT_SUPPORTED: pair(0x25, 0x00),
   INVALID_FIELD_IN_PARAMETER_LIST: pair(0x26, 0x00),
@@ -81,6 +86,8 @@ export const Asc = {
   INQUIRY_DATA_HAS_CHANGED: pair(0x3f, 0x03),
   THIN_PROVISIONING_SOFT_THRESHOLD_REACHED: pair(0x38, 0x07),
   EXPLICIT_ASYMMETRIC_ACCESS_STATE_TRANSITION_FAILED: pair(0x67, 0x0a),
+  /** ZBC, with sense key DATA PROTECT: no open zone resource left for an explicit or implicit open. */
+  INSUFFICIENT_ZONE_RESOURCES: pair(0x55, 0x0e),
 } as const;
 export type AscName = keyof typeof Asc;
 
