@@ -1,8 +1,9 @@
 import type { Handler } from '@tcmu-ts/core';
+import { fboHandler } from './fbo.js';
 import { fileHandler } from './file.js';
 import { qcowHandler } from './qcow.js';
 import { ramHandler } from './ram.js';
 import { rbdHandler } from './rbd.js';
 
 /** What `loadHandler('ram')` and friends resolve to; the core loader looks here by subtype. */
-export const builtinHandlers: readonly Handler[] = Object.freeze([ramHandler, fileHandler, rbdHandler, qcowHandler]);
+export const builtinHandlers: readonly Handler[] = Object.freeze([ramHandler, fileHandler, rbdHandler, qcowHandler, fboHandler]);
