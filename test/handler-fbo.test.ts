@@ -227,6 +227,9 @@ describe('fbo handler (file-backed optical drive)', function () {
       for (const cdb of [read16(0, 1), [0x9e, 0x10, ...new Array(14).fill(0)], [0x93, ...new Array(15).fill(0)], [0xa3, 0x0c, ...new Array(10).fill(0)], [0xbe, ...new Array(11).fill(0)]]) {
         expectSense(await d.run(cdb, { in: BS }), KEY.ILLEGAL_REQUEST, 0x20, 0);
       }
+      // INQUIRY's 3PC bit promises the copy manager: it answers.
+      expect(expectGood(await d.run(inquiry(false, 0, 36), { in: 36 }))[5] & 0x08).to.equal(0x08);
+      expectGood(await d.run([0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2c, 0, 0], { in: 44 }));
     });
 
     it('GET CONFIGURATION RT 0: every feature from the start, the current profile DVD-RAM (12h), lengths that count all', async () => {

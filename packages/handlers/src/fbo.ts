@@ -8,8 +8,8 @@
  * The device is peripheral type 05h with a removable medium and 2048-byte
  * blocks. Everything the MMC command set adds to a disk is answered here in
  * handleCmd (builders in mmc.ts); READ/WRITE (6/10/12), VERIFY (10), WRITE
- * AND VERIFY (10), SYNCHRONIZE CACHE (10), READ CAPACITY, TEST UNIT READY
- * and INQUIRY go on to the engine once the drive's state allows them.
+ * AND VERIFY (10), SYNCHRONIZE CACHE (10), READ CAPACITY, TEST UNIT READY,
+ * INQUIRY and EXTENDED COPY go on to the engine once the drive's state allows them.
  * SBC-only commands (the 16-byte ones, WRITE SAME, UNMAP, ...) are not MMC
  * commands and are refused; 0xA3/0xA4 are SEND KEY / REPORT KEY on an MMC
  * device, not MAINTENANCE IN/OUT.
@@ -127,12 +127,13 @@ const ENGINE_OPCODES: ReadonlySet<number> = new Set([
   0x2f, // VERIFY (10)
   0x2e, // WRITE AND VERIFY (10)
   0x35, // SYNCHRONIZE CACHE (10)
+  0x83, 0x84, // EXTENDED COPY, RECEIVE COPY RESULTS (SPC: INQUIRY's 3PC bit says they are there)
 ]);
 
 /** Commands that need a medium in the drive (NOT READY, MEDIUM NOT PRESENT otherwise). */
 const MEDIUM_OPCODES: ReadonlySet<number> = new Set([
   TEST_UNIT_READY, READ_CAPACITY_10,
-  0x08, 0x28, 0xa8, 0x0a, 0x2a, 0xaa, 0x2f, 0x2e, 0x35,
+  0x08, 0x28, 0xa8, 0x0a, 0x2a, 0xaa, 0x2f, 0x2e, 0x35, 0x83,
   MmcOp.FORMAT_UNIT, MmcOp.READ_TOC, MmcOp.READ_DISC_INFORMATION,
 ]);
 
