@@ -5,4 +5,6 @@ export * from './qcow.js';
 export * from './qcow-format.js';
 export * from './zbc.js';
 export * from './zbc-zones.js';
+export * from './fbo.js';
+export * from './mmc.js';
 export * from './builtins.js';
