@@ -2,8 +2,9 @@
 // The same CDBs sent to tcmu-runner's and to tcmu-ts's zbc / fbo LUNs, the
 // answers compared field by field.
 //
-//   node scsi-compare.mjs probe <zbc|fbo> /dev/sgN <out.json>
-//        send every step of the set in order, keep status, sense and data
+//   node scsi-compare.mjs probe <zbc|fbo> /dev/sgN <out.json> [--resume]
+//        send every step of the set in order, keep status, sense and data; stop (exit 3)
+//        at a step that gets no answer; --resume sends only the steps not yet in out.json
 //   node scsi-compare.mjs diff <zbc|fbo> <tcmu-runner.json> <tcmu-ts.json> <out.tsv>
 //        decode both into named fields; a field that differs must be listed in
 //        EXPLAINED (with the docs/SCSI.md section that says why), else the diff fails
@@ -260,11 +261,25 @@ export const EXPLAINED = {
 };
 
 // ---------------------------------------------------------------- commands
-function probe(set, devPath, outPath) {
+/** An answer that never came: SG_IO timed out (host status DID_TIME_OUT) or the ioctl failed. */
+const unanswered = (r) => r.error !== undefined || r.hostStatus === 3;
+
+/**
+ * Send the set's steps in order. With `resume`, steps already in outPath are kept and not
+ * sent again (a step that got no answer counts as sent: it is not retried). Stops at the
+ * first step that gets no answer, since a daemon that dropped one command may drop every
+ * later one (tcmu-runner 1.5.4's fbo spins forever on a VERIFY without data), and exits 3
+ * so the scenario can restart the daemon and resume after that step.
+ */
+function probe(set, devPath, outPath, resume = false) {
+  let results = [];
+  if (resume) try { results = JSON.parse(readFileSync(outPath, 'utf8')); } catch { /* nothing sent yet */ }
+  const done = new Set(results.map((r) => r.id));
   const dev = new SgDevice(devPath);
-  const results = [];
+  let silent;
   try {
     for (const step of SETS[set]) {
+      if (done.has(step.id)) continue;
       let r;
       try {
         r = dev.run(Uint8Array.from(step.cdb), { dir: step.dir, length: step.length, data: step.data, timeoutMs: step.timeoutMs ?? 20000 });
@@ -276,12 +291,15 @@ function probe(set, devPath, outPath) {
       // written after every step: a daemon that stops answering still leaves what it said
       writeFileSync(outPath, JSON.stringify(results, null, 1));
       if (process.env.SCSI_COMPARE_VERBOSE) console.log(`  ${step.id}: ${r.error ?? `status ${r.status} host ${r.hostStatus}`}`);
+      if (unanswered(r)) { silent = step.id; break; }
     }
   } finally {
     dev.close();
   }
-  writeFileSync(outPath, JSON.stringify(results, null, 1));
-  console.log(`${set}: ${results.length} steps sent to ${devPath}, ${results.filter((r) => r.status === 0).length} GOOD, ${results.filter((r) => r.error).length} failed to send`);
+  const left = SETS[set].length - results.length;
+  console.log(`${set}: ${results.length} steps sent to ${devPath}, ${results.filter((r) => r.status === 0).length} GOOD, ${results.filter(unanswered).length} unanswered` +
+    (silent ? `; stopped at ${silent}, which got no answer (${left} steps not sent)` : ''));
+  if (silent && left > 0) process.exitCode = 3;
 }
 
 /** Compare two probe runs; returns { rows, same, explained, unexplained, stale }. */
@@ -328,10 +346,11 @@ function diff(set, theirsPath, oursPath, tsvPath) {
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const [cmd, set, ...rest] = process.argv.slice(2);
-  if (!SETS[set] || !((cmd === 'probe' && rest.length === 2) || (cmd === 'diff' && rest.length === 3))) {
-    console.error('usage: scsi-compare.mjs probe <zbc|fbo> /dev/sgN out.json | diff <zbc|fbo> tcmu-runner.json tcmu-ts.json out.tsv');
+  const resume = rest[2] === '--resume';
+  if (!SETS[set] || !((cmd === 'probe' && (rest.length === 2 || (rest.length === 3 && resume))) || (cmd === 'diff' && rest.length === 3))) {
+    console.error('usage: scsi-compare.mjs probe <zbc|fbo> /dev/sgN out.json [--resume] | diff <zbc|fbo> tcmu-runner.json tcmu-ts.json out.tsv');
     process.exit(2);
   }
-  if (cmd === 'probe') probe(set, ...rest);
+  if (cmd === 'probe') probe(set, rest[0], rest[1], resume);
   else diff(set, ...rest);
 }
