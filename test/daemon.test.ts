@@ -80,7 +80,7 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
 
   it('replies -ENOENT for an unknown subtype and -EINVAL for a bad handler config, and keeps serving', async () => {
     await startDaemon();
-    const a = await k.added({ name: 'nope', subtype: 'zbc', cfgstring: 'whatever' });
+    const a = await k.added({ name: 'nope', subtype: 'nosuch', cfgstring: 'whatever' });
     expect(a.done.status).to.equal(-ENOENT);
     const b = await k.added({ name: 'bad', subtype: 'file', cfgstring: join(dir, 'no-such-dir', 'x.img') });
     expect(b.done.status).to.equal(-EINVAL);

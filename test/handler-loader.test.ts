@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BUILTIN_HANDLERS, HandlerLoadError, HandlerRegistry, loadHandler, validateHandler, type Handler } from '@tcmu-ts/core';
-import { fileHandler, ramHandler } from '@tcmu-ts/handlers';
+import { builtinHandlers, fileHandler, ramHandler } from '@tcmu-ts/handlers';
 
 /** A self-contained handler module body (no imports, so it loads from any directory). */
 function handlerSource(subtype: string, exportAs: 'default' | 'handler' | 'cjs' = 'default'): string {
@@ -113,6 +113,13 @@ describe('handler registry', () => {
   });
   after(() => {
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('loads every handler @tcmu-ts/handlers ships as a built-in (the daemon serves only these)', async () => {
+    expect([...BUILTIN_HANDLERS].sort()).to.deep.equal(builtinHandlers.map((h) => h.subtype).sort());
+    const reg = new HandlerRegistry();
+    await reg.loadBuiltins();
+    for (const h of builtinHandlers) expect(reg.resolve(`${h.subtype}/x`).handler, h.subtype).to.equal(h);
   });
 
   it('dispatches full cfgstrings to the handler of their subtype', async () => {
