@@ -126,7 +126,7 @@ const fboSteps = [
   { id: 'gesn-media', what: 'GET EVENT STATUS NOTIFICATION, polled, media class', cdb: gesn(0x10, 8), dir: 'in', length: 8, decode: 'gesn' },
   { id: 'gesn-oper', what: 'GET EVENT STATUS NOTIFICATION, polled, operational change class', cdb: gesn(0x02, 8), dir: 'in', length: 8, decode: 'gesn' },
   { id: 'gesn-none', what: 'GET EVENT STATUS NOTIFICATION, polled, no class asked', cdb: gesn(0x00, 8), dir: 'in', length: 8, decode: 'gesn' },
-  { id: 'dvd-structure-0', what: 'READ DVD STRUCTURE format 0 (physical format)', cdb: readDvdStructure(0, 2052), dir: 'in', length: 2052, decode: 'generic' },
+  { id: 'dvd-structure-0', what: 'READ DVD STRUCTURE format 0 (physical format)', cdb: readDvdStructure(0, 2052), dir: 'in', length: 2052, decode: 'dvdPhysical' },
   { id: 'mechanism-status', what: 'MECHANISM STATUS', cdb: mechanismStatus(8), dir: 'in', length: 8, decode: 'generic' },
   { id: 'format-capacities', what: 'READ FORMAT CAPACITIES', cdb: readFormatCapacities(252), dir: 'in', length: 252, decode: 'formatCapacities' },
   { id: 'read10-pvd', what: 'READ (10) of block 16 (ISO9660 primary volume descriptor)', cdb: read10(16, 1), dir: 'in', length: FBS, decode: 'data' },
@@ -149,8 +149,8 @@ const fboSteps = [
   { id: 'request-sense', what: 'REQUEST SENSE', cdb: requestSense(18), dir: 'in', length: 18, decode: 'generic' },
   { id: 'mode-sense-2a-no-dbd', what: 'MODE SENSE (10) page 2Ah, block descriptors allowed', cdb: [0x5a, 0, 0x2a, 0, 0, 0, 0, 0, 255, 0], dir: 'in', length: 255, decode: 'mode10' },
   { id: 'mode-sense-01', what: 'MODE SENSE (10) page 01h, read/write error recovery', cdb: modeSense10(0x01, 255), dir: 'in', length: 255, decode: 'mode10' },
-  // last: tcmu-runner 1.5.4's fbo never answers it (measured: the kernel aborts it, and
-  // every later command on the LUN fails), so it cannot spoil the steps before it
+  // last: once seen unanswered from tcmu-runner 1.5.4's fbo (that was after verify10 had
+  // hung its LUN; restarted, it answers LBA OUT OF RANGE), so it cannot spoil the steps before it
   { id: 'read-out-of-range', what: 'READ (10) past the capacity', cdb: read10(0xffffff, 1), dir: 'in', length: FBS, decode: 'none', timeoutMs: 8000 },
 ];
 
@@ -174,7 +174,9 @@ const DECODERS = {
     ['peripheral qualifier/type', hex(d.subarray(0, 1))], ['RMB', bit(d, 1, 0x80)], ['VERSION', d[2]], ['NORMACA/HISUP/format', hex(d.subarray(3, 4))],
     ['ADDITIONAL LENGTH', d[4]], ['byte 5 (TPGS, 3PC, PROTECT)', hex(d.subarray(5, 6))], ['byte 6', hex(d.subarray(6, 7))], ['byte 7 (CMDQUE)', hex(d.subarray(7, 8))],
     ['vendor', ascii(d, 8, 8)], ['product', ascii(d, 16, 16)], ['revision', ascii(d, 32, 4)],
-    ...[0, 1, 2, 3, 4, 5, 6, 7].map((i) => [`version descriptor ${i + 1}`, hex(d.subarray(58 + 2 * i, 60 + 2 * i))]),
+    // only the version descriptors ADDITIONAL LENGTH covers (tcmu-runner pads 36 bytes of data to the allocation length)
+    ...[0, 1, 2, 3, 4, 5, 6, 7].filter((i) => 60 + 2 * i <= Math.min(d.length, 5 + (d[4] ?? 0)))
+      .map((i) => [`version descriptor ${i + 1}`, hex(d.subarray(58 + 2 * i, 60 + 2 * i))]),
   ],
   vpdList: (d) => [['peripheral', hex(d.subarray(0, 1))], ['pages', Array.from(d.subarray(4, 4 + u(d, 2, 2)), (p) => p.toString(16).padStart(2, '0')).join(' ')]],
   vpdB1: (d) => [['peripheral', hex(d.subarray(0, 1))], ['page length', u(d, 2, 2)], ['rotation rate', u(d, 4, 2)], ['product type', d[6]],
@@ -197,7 +199,9 @@ const DECODERS = {
   },
   config: (d) => {
     const out = [['data length', u(d, 0, 4)], ['current profile', hex(d.subarray(6, 8))], ['returned bytes', d.length]];
-    for (let o = 8; o + 4 <= d.length;) {
+    // only the feature descriptors DATA LENGTH covers (it counts the bytes after itself)
+    const end = Math.min(d.length, 4 + Number(u(d, 0, 4)));
+    for (let o = 8; o + 4 <= end;) {
       const code = hex(d.subarray(o, o + 2)), len = d[o + 3];
       out.push([`feature ${code} version/persistent/current`, hex(d.subarray(o + 2, o + 3))], [`feature ${code} data`, hex(d.subarray(o + 4, o + 4 + len))]);
       o += 4 + len;
@@ -206,15 +210,29 @@ const DECODERS = {
   },
   toc: (d) => {
     const out = [['data length', u(d, 0, 2)], ['first track/session', d[2]], ['last track/session', d[3]], ['returned bytes', d.length]];
-    for (let o = 4, i = 0; o + 8 <= d.length; o += 8, i++) out.push([`descriptor ${i}`, hex(d.subarray(o, o + 8))]);
+    // only the descriptors TOC DATA LENGTH covers (it counts the bytes after itself)
+    const end = Math.min(d.length, 2 + u(d, 0, 2));
+    for (let o = 4, i = 0; o + 8 <= end; o += 8, i++) out.push([`descriptor ${i}`, hex(d.subarray(o, o + 8))]);
     return out;
   },
   discInfo: (d) => [['data length', u(d, 0, 2)], ['erasable/last session state/disc status', hex(d.subarray(2, 3))], ['first track', d[3]],
     ['sessions/first/last track of last session', hex(d.subarray(4, 7))], ['DID_V/DBC_V/URU/DAC_V/BG format', hex(d.subarray(7, 8))],
     ['disc type', d[8]], ['bytes 9-11', hex(d.subarray(9, 12))], ['disc identification', hex(d.subarray(12, 16))],
     ['last session lead-in start', hex(d.subarray(16, 20))], ['last possible lead-out start', hex(d.subarray(20, 24))], ['bytes 24-33', hex(d.subarray(24, 34))]],
+  // the 4-byte header always; the event descriptor only as far as EVENT DATA LENGTH covers it (MMC-6: the bytes
+  // after the header; Linux sr_get_events wants it >= 4 for the media descriptor)
   gesn: (d) => [['event data length', u(d, 0, 2)], ['NEA/notification class', hex(d.subarray(2, 3))], ['supported classes', hex(d.subarray(3, 4))],
-    ['event descriptor', hex(d.subarray(4, 8))]],
+    ['event descriptor', hex(d.subarray(4, Math.min(8, 4 + u(d, 0, 2))))]],
+  // READ DVD STRUCTURE format 00h: the layer descriptor's fields, then the rest DATA LENGTH covers (media specific)
+  dvdPhysical: (d) => {
+    const end = Math.min(d.length, 2 + u(d, 0, 2));
+    const f = (name, o, n, fn = (x) => hex(x)) => (o + n <= end ? [[name, fn(d.subarray(o, o + n))]] : []);
+    const rest = d.subarray(21, Math.max(21, end));
+    return [['data length', u(d, 0, 2)], ['returned bytes', d.length], ...f('book type/part version', 4, 1), ...f('disc size/maximum rate', 5, 1),
+      ...f('layers/track path/layer type', 6, 1), ...f('densities', 7, 1), ...f('data area start', 8, 4), ...f('data area end', 12, 4),
+      ...f('layer 0 end', 16, 4), ...f('BCA', 20, 1),
+      ...(rest.length ? [['bytes 21 on (media specific)', rest.every((x) => x === 0) ? `${rest.length} zero bytes` : hex(rest)]] : [])];
+  },
   mode10: (d) => {
     const out = [['mode data length', u(d, 0, 2)], ['medium type', d[2]], ['device-specific', d[3]], ['block descriptor length', u(d, 6, 2)]];
     for (let o = 8 + u(d, 6, 2); o + 2 <= d.length && o < u(d, 0, 2) + 2;) {
@@ -255,9 +273,51 @@ export function fieldsOf(step, r) {
 // ---------------------------------------------------------------- explained differences
 // "step field" -> the docs/SCSI.md section that says why ours answers differently. A field
 // that differs and is not here fails the comparison; one listed here but equal is reported stale.
+const CMP = 'docs/SCSI.md#comparison-with-tcmu-runner';
+const ZBC = 'docs/SCSI.md#zbc';
+const FBO = 'docs/SCSI.md#the-fbo-optical-drive';
+const INQ = `${CMP}: standard INQUIRY is the engine's: SPC-4 (VERSION 06h), 66 bytes with version descriptors, 3PC (EXTENDED COPY served), product from the device name; tcmu-runner: SPC-3, 36 bytes`;
+const PAD = `${CMP}: data-in ends where the answer's length field says (cut to the allocation length), the rest is residual; tcmu-runner always sends the whole allocation length, padded (SPC-4's allocation length rules allow both)`;
+const FP = `${CMP}: INVALID FIELD IN CDB carries a field pointer (SPC-4 sense-key specific, SKSV); tcmu-runner sends none`;
+const inquiryFields = (extra = {}) => ({
+  'inquiry VERSION': INQ, 'inquiry ADDITIONAL LENGTH': INQ, 'inquiry byte 5 (TPGS, 3PC, PROTECT)': INQ, 'inquiry product': INQ,
+  ...Object.fromEntries([1, 2, 3, 4].map((i) => [`inquiry version descriptor ${i}`, INQ])), ...extra,
+});
+const NO_MEDIA_CLASS = `${FBO} (4Ah): GESN media class (4) served (Linux sr polls it for media changes); tcmu-runner has none (supported classes 42h, so NEA)`;
+const TRAY = `${FBO} (1Bh): ours ejects (MMC-6 START STOP UNIT LOEJ); tcmu-runner refuses START = 0, so its tray never opens`;
+const TOC_LEADOUT = `${FBO} (43h): READ TOC format 0 from track AAh answers the lead-out descriptor alone (MMC-6: descriptors from the track number given); tcmu-runner ignores the track number`;
+const PAGE_2A = `${FBO} (5Ah): mode page 2Ah, CD/DVD capabilities (MMC-3 layout; Linux sr's get_capabilities reads it and calls a drive without it "scsi-1"); tcmu-runner has none`;
 export const EXPLAINED = {
-  zbc: {},
-  fbo: {},
+  zbc: {
+    ...inquiryFields(),
+    'vpd-00 pages': `${ZBC} (VPD pages): ours serves 80h, unit serial number; tcmu-runner does not`,
+    'vpd-b1 rotation rate': `${ZBC} (VPD pages): 0000h, rotation rate not reported (a file has none); tcmu-runner invents 7200 rpm`,
+    'vpd-b1 FUAB/VBULS': `${ZBC} (VPD pages): FUAB 0, the engine's (SBC-4 allows it); tcmu-runner sets FUAB`,
+    ...Object.fromEntries(['rz-empty', 'rz-nwp', 'rz-implicit-open', 'rz-explicit-open', 'rz-closed', 'rz-full'].map((id) => [`${id} returned bytes`, PAD])),
+    'rz-bad-option sense-key specific': FP, 'open-conv sense-key specific': FP, 'reset-not-zone-start sense-key specific': FP, 'zbc-in-bad-sa sense-key specific': FP,
+  },
+  fbo: {
+    ...inquiryFields({ 'inquiry revision': INQ }),
+    'vpd-00 *': `${FBO} (12h): VPD 00h, 80h, 83h served (SPC-4: 00h and 83h are mandatory); tcmu-runner's fbo refuses EVPD = 1`,
+    'mode-sense-2a *': PAGE_2A, 'mode-sense-2a-no-dbd *': PAGE_2A,
+    'mode-sense-3f mode data length': PAGE_2A, 'mode-sense-3f page 2ah': PAGE_2A,
+    'gc-all feature 0003 data': `${FBO} (46h): removable medium feature says tray with Eject and Lock (29h), which ours has; tcmu-runner 20h`,
+    'gc-current feature 0003 data': `${FBO} (46h): removable medium feature says tray with Eject and Lock (29h), which ours has; tcmu-runner 20h`,
+    ...Object.fromEntries(['gc-all', 'gc-current', 'gc-profiles', 'gc-core', 'toc-0-lba', 'toc-0-msf'].map((id) => [`${id} returned bytes`, PAD])),
+    'toc-0-leadout data length': TOC_LEADOUT, 'toc-0-leadout descriptor 0': TOC_LEADOUT, 'toc-0-leadout descriptor 1': TOC_LEADOUT,
+    'toc-0-leadout returned bytes': `${PAD}; and the lead-out alone is shorter (${TOC_LEADOUT.slice(FBO.length + 2)})`,
+    ...Object.fromEntries(['gesn-media', 'gesn-ejected', 'gesn-loaded'].flatMap((id) => ['event data length', 'NEA/notification class', 'event descriptor'].map((f) => [`${id} ${f}`, NO_MEDIA_CLASS]))),
+    ...Object.fromEntries(['gesn-media', 'gesn-oper', 'gesn-none', 'gesn-ejected', 'gesn-loaded'].map((id) => [`${id} supported classes`, NO_MEDIA_CLASS])),
+    'dvd-structure-0 data length': `${FBO} (ADh): format 00h is 4 + 2048 bytes as MMC-6 sizes it (DATA LENGTH 2050); tcmu-runner 21 bytes`,
+    'dvd-structure-0 bytes 21 on (media specific)': `${FBO} (ADh): format 00h is 4 + 2048 bytes as MMC-6 sizes it; tcmu-runner stops at byte 21`,
+    'dvd-structure-0 layers/track path/layer type': `${FBO} (ADh): LAYER TYPE rewritable (04h) for the DVD-RAM profile we report; tcmu-runner 02h (write-once)`,
+    'verify10 *': `${FBO} (2Fh): tcmu-runner 1.5.4 never answers VERIFY (10) with BYTCHK 0 (its iovec seek walks off an empty list; the kernel aborts it)`,
+    'eject-prevented sense': `${FBO} (1Bh): eject while prevented is MEDIUM REMOVAL PREVENTED 53h/02h (MMC-6, SBC-4); tcmu-runner refuses START = 0 as INVALID FIELD IN CDB`,
+    'eject *': TRAY,
+    'tur-ejected *': `${TRAY}; with the tray open TEST UNIT READY is NOT READY 3Ah/02h (MMC-6)`,
+    'read-ejected *': `${TRAY}; with the tray open READ is NOT READY 3Ah/02h (MMC-6)`,
+    'tur-loaded-1 *': `${TRAY}; after a load one UNIT ATTENTION 28h/00h (MMC-6 4.1.6), which tcmu-runner never loads`,
+  },
 };
 
 // ---------------------------------------------------------------- commands
