@@ -85,10 +85,3 @@ export class SgDevice {
 }
 
 /** Sense key, ASC, ASCQ of fixed (70h/71h) or descriptor (72h/73h) sense; undefined when none. */
-export function senseCodes(sense) {
-  if (!sense || sense.length < 3) return undefined;
-  const code = sense[0] & 0x7f;
-  if (code === 0x72 || code === 0x73) return { key: sense[1] & 0x0f, asc: sense[2], ascq: sense[3] ?? 0, format: 'descriptor' };
-  if (code === 0x70 || code === 0x71) return { key: sense[2] & 0x0f, asc: sense[12] ?? 0, ascq: sense[13] ?? 0, format: 'fixed' };
-  return undefined;
-}
