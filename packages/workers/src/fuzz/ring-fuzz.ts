@@ -134,6 +134,8 @@ const FLAGS = MailboxFlag.CAP_OOOC | MailboxFlag.CAP_READ_LEN | MailboxFlag.CAP_
 
 interface EngineInternals {
   drain(): void;
+  /** Set when run() has returned: a kick scheduled later then leaves the ring alone. */
+  finished: boolean;
 }
 
 /** A handler whose commands may be held in flight (for in-flight duplicate ids), ram underneath. */
@@ -207,8 +209,10 @@ export async function runRingFuzz(o: FuzzOptions): Promise<FuzzReport> {
       }
     },
   };
-  let engine!: DeviceEngine;
+  let engine: DeviceEngine | undefined;
   const newEngine = () => {
+    // The one before is done with, as a worker that ended: its scheduled kicks must not touch the ring.
+    if (engine) (engine as unknown as EngineInternals).finished = true;
     engine = new DeviceEngine({
       map: map.buffer, eventFd: userFd, handler, info, counters, log,
       onRingBroken: () => void broken++,
@@ -562,8 +566,9 @@ export async function runRingFuzz(o: FuzzOptions): Promise<FuzzReport> {
   report.entriesPerSec = Math.round(report.entries / (report.ms / 1000));
   report.malformedReports = malformed;
   report.ringBrokenReports = broken;
+  (engine as unknown as EngineInternals).finished = true;
   handler.release();
-  await new Promise((r) => setImmediate(r));
+  for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
   await handler.close();
   map.unmap();
   closeFd(memfd);
