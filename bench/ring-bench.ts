@@ -17,6 +17,7 @@ import './lib/env.js';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, release } from 'node:os';
 import { join } from 'node:path';
+import { fuzzMain } from './ring-fuzz.js';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { SimulatedBackend, Supervisor, diffBuckets, quantileFromBuckets, type CounterSnapshot, type DeviceSpec } from '@tcmu-ts/workers';
@@ -433,6 +434,9 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --rbd                instead: the rbd handler against 'rbd bench' on a test Ceph cluster
                        (4 KiB and 128 KiB, random read and write, QD32; --repeat, --seconds):
                        results/rbd.json
+  --fuzz               instead: the ring fuzz (bench/ring-fuzz.ts): --entries <n> adversarial
+                       entries (default 1000000) against the consumer and engine,
+                       --seed <s>; results/ring-fuzz.json, exit 1 on a crash or mismatch
   -h, --help
 `;
 
@@ -442,11 +446,18 @@ async function main(): Promise<number> {
     options: {
       quick: { type: 'boolean' }, name: { type: 'string' }, only: { type: 'string' }, consumers: { type: 'string' },
       'warmup-ms': { type: 'string' }, 'measure-ms': { type: 'string' }, 'no-memcpy': { type: 'boolean' }, 'no-layers': { type: 'boolean' }, replot: { type: 'string' }, repeat: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+      fuzz: { type: 'boolean' }, entries: { type: 'string' }, seed: { type: 'string' },
     },
   });
   if (a.help) {
     process.stdout.write(HELP);
     return 0;
+  }
+  if (a.fuzz) {
+    const entries = Number(a.entries ?? 1_000_000);
+    const seed = a.seed !== undefined ? Number(a.seed) : undefined;
+    if (!Number.isSafeInteger(entries) || entries <= 0 || (seed !== undefined && !Number.isSafeInteger(seed))) throw new Error('--entries and --seed take whole numbers');
+    return fuzzMain({ entries, ...(seed !== undefined ? { seed } : {}), resultsDir: join(BENCH_DIR, 'results') });
   }
   if (a.replot) {
     const old = JSON.parse(readFileSync(a.replot, 'utf8')) as { name: string; entries: Entry[] };

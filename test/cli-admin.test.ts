@@ -61,7 +61,7 @@ describe('tcmu-ts create / list / delete (admin CLI)', () => {
 
   describe('commands and help', () => {
     it('exports the command names and an overview naming each', () => {
-      expect(ADMIN_COMMANDS).to.deep.equal(['create', 'list', 'delete']);
+      expect(ADMIN_COMMANDS).to.deep.equal(['create', 'list', 'delete', 'reconfig']);
       for (const c of ADMIN_COMMANDS) expect(ADMIN_HELP).to.include(`tcmu-ts ${c}`);
     });
 
@@ -75,6 +75,17 @@ describe('tcmu-ts create / list / delete (admin CLI)', () => {
       expect(await ok('list', '--help')).to.match(/^Usage: tcmu-ts list \[--json\]\n[^]*--json/);
       expect(await ok('delete', '--help')).to.match(/^Usage: tcmu-ts delete <name> \[--hba <n>\]\n[^]*--hba <n>/);
       expect(k.log).to.deep.equal([]);
+    });
+
+    it('reconfig writes attrib/dev_config of the backstore, keeping its subtype', async () => {
+      await ok('create', 'flt', 'fault/ram/1M', '--size', '1M');
+      k.log.length = 0;
+      expect(await ok('reconfig', 'flt', 'fault/ram/1M;error=EIO@0.01;latency=5')).to.equal('Reconfigured user_0/flt: fault/ram/1M;error=EIO@0.01;latency=5\n');
+      expect(k.log).to.deep.equal([`write ${CORE}/user_0/flt/attrib/dev_config fault/ram/1M;error=EIO@0.01;latency=5`]);
+      expect(await run('reconfig', 'flt', 'ram/1M')).to.include({ code: 1, err: 'tcmu-ts reconfig: user_0/flt is a fault backstore; the subtype cannot change (delete and create it again)\n' });
+      expect(await run('reconfig', 'nosuch', 'ram/1M')).to.include({ code: 1 });
+      expect((await run('reconfig', 'flt', 'fault/a,b')).code).to.equal(2);
+      expect(await ok('reconfig', '--help')).to.match(/^Usage: tcmu-ts reconfig <name>/);
     });
 
     it('refuses an unknown command with the overview', async () => {

@@ -117,6 +117,24 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: `file/${join(dir, 'nodir', 'x')}` })).status).to.equal(-EINVAL);
   });
 
+  it('RECONFIG_DEVICE dev_config of a fault device: new fault options in place, data kept; a new inner config reopens', async () => {
+    await startDaemon();
+    const { dev } = await k.added({ name: 'flt', subtype: 'fault', cfgstring: 'ram/1M', sizeBytes: 1 << 20 });
+    const ini = new Initiator(dev.sim);
+    expect((await ini.write(7, new Uint8Array(512).fill(0x5a))).ok).to.equal(true);
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M;rerror=EIO@1' })).status).to.equal(0);
+    const failed = await ini.read(7, 1);
+    expect(failed.ok).to.equal(false);
+    expect(failed.senseInfo).to.include({ key: 3, asc: 0x11 });
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M' })).status).to.equal(0);
+    expect((await ini.read(7, 1)).data.every((b) => b === 0x5a)).to.equal(true);
+    expect(lines.some((l) => /flt.*applied in place/.test(l))).to.equal(true);
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M;error=EBOGUS' })).status).to.equal(-EINVAL);
+    // Another inner cfgstring: the handler is reopened (a new ram store).
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M;chunk=4k' })).status).to.equal(0);
+    expect((await ini.read(7, 1)).data.every((b) => b === 0)).to.equal(true);
+  });
+
   it('logs every CDB at log level 5 and none below it', async () => {
     const d = await startDaemon(5);
     const { dev } = await k.added({ name: 'loud', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20 });

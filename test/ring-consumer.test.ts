@@ -187,6 +187,79 @@ describe('ring consumer', () => {
     expect(got.map((e) => e.kind === 'malformed' && e.cmdId)).to.deep.equal([3, 4]);
   });
 
+  // Regressions found by the ring fuzz (bench/ring-fuzz.ts).
+  it('calls a CMD entry too short for its response a broken ring, and writes nothing past it', () => {
+    const r = new HandRing();
+    // 64 bytes, op CMD, id 9: answering it would write 96 bytes of sense from offset 16, into the next entry.
+    r.dv.setUint32(128, lenOp(64, EntryOp.CMD), true);
+    r.dv.setUint16(128 + EntryHdr.CMD_ID, 9, true);
+    r.head = 64;
+    r.cmd(10, READ10, [[r.dataOff, 512]]);
+    r.publish();
+    const before = new Uint8Array(r.buf.slice(128 + 64, 128 + 64 + 128));
+    const c = new RingConsumer(r.buf);
+    expect(() => c.next()).to.throw(RingBrokenError, /too few to hold its response/);
+    expect(new Uint8Array(r.buf.slice(128 + 64, 128 + 64 + 128))).to.deep.equal(before);
+    expect(c.inFlight).to.equal(0);
+  });
+
+  it('calls cmd_tail written by someone else a broken ring, before reading or completing', () => {
+    const r = new HandRing();
+    r.cmd(1, READ10, [[r.dataOff, 512]]);
+    r.publish();
+    const c = new RingConsumer(r.buf);
+    expect(c.next()).to.deep.include({ kind: 'cmd', cmdId: 1 });
+    r.dv.setUint32(Mailbox.CMD_TAIL, 4000, true);
+    expect(() => c.complete(1, 0)).to.throw(RingBrokenError, /cmd_tail changed under us: 4000/);
+    r.cmd(2, READ10, [[r.dataOff, 512]]);
+    r.publish();
+    expect(() => c.next()).to.throw(RingBrokenError, /cmd_tail changed/);
+    // After a reset (head = tail = 0) resync() takes the new tail.
+    r.dv.setUint32(Mailbox.CMD_TAIL, 0, true);
+    r.head = 0;
+    r.publish();
+    c.resync();
+    expect(c.next()).to.equal(null);
+  });
+
+  it('calls cmd_head moved back behind unanswered entries a broken ring', () => {
+    const r = new HandRing();
+    r.cmd(1, READ10, [[r.dataOff, 512]]);
+    const second = r.cmd(2, READ10, [[r.dataOff, 512]]);
+    r.publish();
+    const c = new RingConsumer(r.buf);
+    drain(c);
+    r.head = second;
+    r.publish();
+    expect(() => c.next()).to.throw(RingBrokenError, /moved back behind/);
+  });
+
+  it('reports a PAD that does not end at the ring\'s end, and steps over it', () => {
+    const r = new HandRing();
+    r.dv.setUint32(128, lenOp(64, EntryOp.PAD), true);
+    r.head = 64;
+    r.cmd(5, READ10, [[r.dataOff, 512]]);
+    r.publish();
+    const c = new RingConsumer(r.buf);
+    const got = drain(c);
+    expect(got.map((e) => e.kind)).to.deep.equal(['malformed', 'cmd']);
+    expect(got[0]).to.deep.include({ reason: 'misplaced-pad', cmdId: 0, at: 0 });
+    c.complete(5, 0);
+    expect(r.tail()).to.equal(r.head);
+  });
+
+  it('does not walk past the read position when an entry between tail and it was rewritten', () => {
+    const r = new HandRing();
+    const a = r.cmd(1, READ10, [[r.dataOff, 512]]);
+    r.cmd(2, READ10, [[r.dataOff, 512]]);
+    r.publish();
+    const c = new RingConsumer(r.buf);
+    drain(c);
+    // The peer turns the first entry into a PAD as long as the ring: the walk would go round forever.
+    r.dv.setUint32(128 + a, lenOp(4096, EntryOp.PAD), true);
+    expect(() => c.complete(2, 0)).to.throw(RingBrokenError);
+  });
+
   it('never throws anything but RingBrokenError and never reads outside the map for random entries (fast-check)', () => {
     fc.assert(fc.property(
       fc.record({

@@ -176,7 +176,11 @@ export class RamBackend {
         dv.setUint16(cmdrOff + tail + EntryHdr.CMD_ID, cmdId, true);
         dv.setUint8(cmdrOff + tail + EntryHdr.UFLAGS, 0);
         dv.setUint8(cmdrOff + tail + 8, status);
-        Atomics.store(u32, Mailbox.CMD_TAIL / 4, (tail + entryLen(lo)) % size);
+        const next = (tail + entryLen(lo)) % size;
+        Atomics.store(u32, Mailbox.CMD_TAIL / 4, next);
+        // The consumer calls a cmd_tail moved behind its back a broken ring; this daemon
+        // misbehaves on purpose and keeps using it, so it hands the consumer the new tail.
+        (this.consumer as unknown as { tailPos: number }).tailPos = next;
         return;
       }
       tail = (tail + entryLen(lo)) % size;

@@ -234,6 +234,12 @@ export interface RawResult {
   readonly dataLength?: number;
 }
 
+/**
+ * A change of a running device. `config`: a new cfgstring (the handler's
+ * part) for the daemon's dev_config; resolve when it is applied in place
+ * (the device keeps running, e.g. fault options), throw EOPNOTSUPP to have
+ * the daemon reopen the handler with it instead.
+ */
 export type ReconfigChange =
   | { readonly kind: 'size'; readonly numLbas: number; readonly devSize: number }
   | { readonly kind: 'config'; readonly cfgstring: string }

@@ -1,4 +1,5 @@
 import type { Handler } from '@tcmu-ts/core';
+import { faultHandler, setFaultInnerHandlers } from './fault.js';
 import { fboHandler } from './fbo.js';
 import { fileHandler } from './file.js';
 import { qcowHandler } from './qcow.js';
@@ -7,4 +8,6 @@ import { rbdHandler } from './rbd.js';
 import { zbcHandler } from './zbc.js';
 
 /** What `loadHandler('ram')` and friends resolve to; the core loader looks here by subtype. */
-export const builtinHandlers: readonly Handler[] = Object.freeze([ramHandler, fileHandler, rbdHandler, qcowHandler, zbcHandler, fboHandler]);
+export const builtinHandlers: readonly Handler[] = Object.freeze([ramHandler, fileHandler, rbdHandler, qcowHandler, zbcHandler, fboHandler, faultHandler]);
+
+setFaultInnerHandlers(builtinHandlers);

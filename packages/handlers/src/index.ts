@@ -7,4 +7,5 @@ export * from './zbc.js';
 export * from './zbc-zones.js';
 export * from './fbo.js';
 export * from './mmc.js';
+export * from './fault.js';
 export * from './builtins.js';

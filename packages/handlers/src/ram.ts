@@ -7,6 +7,7 @@ import {
   configError,
   configOk,
   defineHandler,
+  errnoError,
   isZeroRange,
   mergeExtents,
   parseOptions,
@@ -199,7 +200,9 @@ export class RamDevice implements DeviceHandler {
       // Data past a shrunken end must not reappear if the device grows again.
       if (change.numLbas < old) this.zeroBytes(change.numLbas * this.dev.blockSize, old * this.dev.blockSize);
     }
-    // Config and write-cache changes need nothing: RAM has no cache to drain.
+    // A new cfgstring (chunk size) needs a reopen, which empties the store.
+    if (change.kind === 'config') throw errnoError('EOPNOTSUPP', 'ram: a new cfgstring needs the device reopened');
+    // A write-cache change needs nothing: RAM has no cache to drain.
   }
 
   async close(): Promise<void> {

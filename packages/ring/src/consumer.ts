@@ -47,7 +47,8 @@ export type MalformedReason =
   | 'cdb-out-of-bounds'
   | 'iov-count'
   | 'iov-out-of-bounds'
-  | 'tmr-count';
+  | 'tmr-count'
+  | 'misplaced-pad';
 
 export interface RingMalformed {
   kind: 'malformed';
@@ -135,8 +136,14 @@ export class RingConsumer {
   private readonly u8: Uint8Array;
   private readonly dv: DataView;
   private readonly u32: Uint32Array;
-  /** Where we read next (our private tail); everything before it has been parsed. */
+  /** Where we read next; everything before it has been parsed. */
   private readPos: number;
+  /**
+   * cmd_tail as we last stored it. The mailbox's copy is ours alone to
+   * write: if it changes under us, someone else is writing our side of the
+   * ring and nothing between tail and head can be trusted.
+   */
+  private tailPos: number;
   /** Commands read but not yet completed: the tail may only pass this many CMD entries. */
   private unanswered = 0;
   /** 1 for each id read and not yet answered: a second completion of an id would break the kernel's ring for good. */
@@ -159,6 +166,7 @@ export class RingConsumer {
     const tail = this.tail();
     if (tail >= this.cmdrSize || tail % 8 !== 0) throw new RingBrokenError(`cmd_tail ${tail} outside the ring`);
     this.readPos = tail;
+    this.tailPos = tail;
   }
 
   get outOfOrder(): boolean {
@@ -215,6 +223,12 @@ export class RingConsumer {
   take(slot: RingSlot): number {
     const head = this.head();
     if (head >= this.cmdrSize || head % 8 !== 0) throw new RingBrokenError(`cmd_head ${head} outside the ring`);
+    if (head === this.readPos) return Taken.NONE;
+    this.checkTail();
+    // Entries between tail and our read position are still unanswered: the kernel cannot have taken their room back.
+    if (ringUsed(head, this.tailPos, this.cmdrSize) < ringUsed(this.readPos, this.tailPos, this.cmdrSize)) {
+      throw new RingBrokenError(`cmd_head ${head} moved back behind the entries read up to ${this.readPos} (tail ${this.tailPos})`);
+    }
     while (this.readPos !== head) {
       const at = this.readPos;
       const base = this.cmdrOff + at;
@@ -227,9 +241,16 @@ export class RingConsumer {
         throw new RingBrokenError(`entry at ring offset ${at} has length ${len} (${avail} bytes up to head, ${this.cmdrSize - at} to the end)`);
       }
       this.readPos = (at + len) % this.cmdrSize;
-      if (op === EntryOp.PAD) continue;
+      if (op === EntryOp.PAD) {
+        // The kernel pads only up to the end of the ring, when the next entry would not fit there.
+        if (at + len !== this.cmdrSize) return this.malformed(0, 'misplaced-pad', `PAD of ${len} bytes ends at ${at + len}, not at the ring's end ${this.cmdrSize}`, at);
+        continue;
+      }
       if (op === EntryOp.TMR) return this.parseTmr(base, len, at);
       if (op !== EntryOp.CMD) return this.malformed(0, 'bad-opcode', `opcode ${op}`, at);
+      // Its completion is written over the entry (status, read_len, 96 bytes of sense): a shorter
+      // one could only be answered by writing into the next entry, or past the ring's end.
+      if (len < CMD_ENTRY_SIZE) throw new RingBrokenError(`CMD entry at ring offset ${at} has ${len} bytes, too few to hold its response`);
       const cmdId = this.dv.getUint16(base + EntryHdr.CMD_ID, true);
       // Id 0 can never be answered (the kernel would call its ring broken), and it would hold the tail back forever.
       if (cmdId === 0) throw new RingBrokenError(`CMD entry at ring offset ${at} has cmd_id 0`);
@@ -265,7 +286,6 @@ export class RingConsumer {
   }
 
   private parseCmd(base: number, len: number, at: number, cmdId: number, slot: RingSlot): number {
-    if (len < CMD_ENTRY_SIZE) return this.malformed(cmdId, 'bad-length', `CMD entry of ${len} bytes`, at);
     const iovCnt = this.dv.getUint32(base + CmdReq.IOV_CNT, true);
     const bidiCnt = this.dv.getUint32(base + CmdReq.IOV_BIDI_CNT, true);
     const difCnt = this.dv.getUint32(base + CmdReq.IOV_DIF_CNT, true);
@@ -326,25 +346,37 @@ export class RingConsumer {
   complete(cmdId: number, status: number, opts?: CompletionOptions): void {
     if (this.unanswered === 0) throw new Error(`completion of cmd ${cmdId} with no command outstanding`);
     if (this.outstanding[cmdId] !== 1) throw new Error(`completion of cmd ${cmdId}, which is not outstanding (answered twice, or never read)`);
-    let tail = this.tail();
+    this.checkTail();
+    let tail = this.tailPos;
+    // Every entry up to readPos was checked when it was read; one rewritten since then must not send us round the ring.
+    let left = ringUsed(this.readPos, tail, this.cmdrSize);
     for (;;) {
       const base = this.cmdrOff + tail;
       const lo = this.dv.getUint32(base + EntryHdr.LEN_OP, true);
       const len = entryLen(lo);
-      if (len === 0 || tail + len > this.cmdrSize) throw new RingBrokenError(`entry at tail ${tail} has length ${len}`);
+      if (len === 0 || len > left || tail + len > this.cmdrSize) throw new RingBrokenError(`entry at tail ${tail} has length ${len} (${left} bytes read past the tail)`);
+      left -= len;
       if (entryOp(lo) === EntryOp.CMD) {
+        if (len < CMD_ENTRY_SIZE) throw new RingBrokenError(`CMD entry at tail ${tail} has ${len} bytes, too few to hold a response`);
         this.writeResponse(base, cmdId, status, opts);
         tail = (tail + len) % this.cmdrSize;
         break;
       }
       tail = (tail + len) % this.cmdrSize;
-      if (tail === this.readPos) throw new RingBrokenError('no unanswered command entry between tail and the read position');
+      if (left === 0) throw new RingBrokenError('no unanswered command entry between tail and the read position');
     }
     this.unanswered--;
     this.outstanding[cmdId] = 0;
     // Skip PAD/TMR entries that follow once nothing is left to answer, so the kernel can reclaim them.
     if (this.unanswered === 0) tail = this.readPos;
+    this.tailPos = tail;
     Atomics.store(this.u32, Mailbox.CMD_TAIL / 4, tail);
+  }
+
+  /** cmd_tail must still be what we stored. */
+  private checkTail(): void {
+    const t = this.tail();
+    if (t !== this.tailPos) throw new RingBrokenError(`cmd_tail changed under us: ${t}, we stored ${this.tailPos}`);
   }
 
   private writeResponse(base: number, cmdId: number, status: number, opts?: CompletionOptions): void {
@@ -376,7 +408,10 @@ export class RingConsumer {
 
   /** Forget everything read: used after the kernel's ring reset, which sets head = tail = 0. */
   resync(): void {
-    this.readPos = this.tail();
+    const t = this.tail();
+    if (t >= this.cmdrSize || t % 8 !== 0) throw new RingBrokenError(`cmd_tail ${t} outside the ring`);
+    this.readPos = t;
+    this.tailPos = t;
     this.unanswered = 0;
     this.outstanding.fill(0);
   }

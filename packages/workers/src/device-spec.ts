@@ -85,7 +85,8 @@ export type WorkerEvent =
 export type SupervisorCommand =
   | { type: 'stop' }
   | { type: 'log-cdbs'; enabled: boolean }
-  | { type: 'reconfig'; id: number; numLbas?: number; writeCache?: boolean }
+  /** cfgstring: a new handler config to apply in place (ReconfigChange 'config'); EOPNOTSUPP asks for a reopen. */
+  | { type: 'reconfig'; id: number; numLbas?: number; writeCache?: boolean; cfgstring?: string }
   | { type: 'peer-lookup-result'; id: number; peer?: PeerInfo }
   /** Serve a block read/write for another worker's EXTENDED COPY. */
   | { type: 'peer-io'; id: number; op: 'read' | 'write'; lba: number; blocks: number; buf: SharedArrayBuffer; offset: number }

@@ -158,10 +158,12 @@ export class Supervisor extends EventEmitter {
   }
 
   /**
-   * Apply a size or write-cache change (netlink RECONFIG_DEVICE, configfs).
-   * Resolves to 0 or a positive errno when the handler refused it.
+   * Apply a size or write-cache change (netlink RECONFIG_DEVICE, configfs),
+   * or a new handler config in place (`cfgstring`: the part after
+   * "<subtype>/"). Resolves to 0 or a positive errno when the handler
+   * refused it (95, EOPNOTSUPP, for a cfgstring: it needs reopen()).
    */
-  reconfigure(name: string, change: { numLbas?: number; writeCache?: boolean }): Promise<number> {
+  reconfigure(name: string, change: { numLbas?: number; writeCache?: boolean; cfgstring?: string }): Promise<number> {
     const dev = this.devices.get(name);
     if (!dev?.worker) return Promise.resolve(19); // ENODEV
     const id = this.nextReconfigId++;
@@ -173,7 +175,10 @@ export class Supervisor extends EventEmitter {
         worker.off('exit', onExit);
         if (e.errno === 0 && change.numLbas !== undefined) dev.numLbas = change.numLbas;
         if (e.errno === 0 && change.writeCache !== undefined) dev.spec = { ...dev.spec, writeCache: change.writeCache };
-        if (e.errno !== 0) this.log('warn', name, `reconfiguration refused: ${e.reason ?? `errno ${e.errno}`}`);
+        // The next worker (a restart) must open the handler with the config now in force.
+        if (e.errno === 0 && change.cfgstring !== undefined) dev.spec = { ...dev.spec, cfgstring: change.cfgstring };
+        // EOPNOTSUPP for a cfgstring only means "reopen me", which the caller does.
+        if (e.errno !== 0 && !(e.errno === 95 && change.cfgstring !== undefined)) this.log('warn', name, `reconfiguration refused: ${e.reason ?? `errno ${e.errno}`}`);
         resolve(e.errno);
       };
       const onExit = () => resolve(5); // EIO

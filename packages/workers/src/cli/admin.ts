@@ -49,7 +49,7 @@ export interface AdminOptions {
   diskWaitMs?: number;
 }
 
-export const ADMIN_COMMANDS: string[] = ['create', 'list', 'delete'];
+export const ADMIN_COMMANDS: string[] = ['create', 'list', 'delete', 'reconfig'];
 
 export const ADMIN_HELP = `Backstore administration (no targetcli needed; run as root):
   tcmu-ts create <name> <subtype>/<config> --size <size> [options]
@@ -58,6 +58,9 @@ export const ADMIN_HELP = `Backstore administration (no targetcli needed; run as
   tcmu-ts list [--json]   list user backstores, their uio devices and exports
   tcmu-ts delete <name> [--hba <n>]
                           remove a backstore and its tcm_loop exports
+  tcmu-ts reconfig <name> <subtype>/<config> [--hba <n>]
+                          give a running backstore a new configuration
+                          (fault options change in place)
   tcmu-ts <command> --help
                           the options of one command
 `;
@@ -123,7 +126,24 @@ Options:
   -h, --help              show this help
 `;
 
-const HELP: Record<string, string> = { create: CREATE_HELP, list: LIST_HELP, delete: DELETE_HELP };
+const RECONFIG_HELP = `Usage: tcmu-ts reconfig <name> <subtype>/<config> [--hba <n>]
+
+Give an enabled backstore a new configuration: writes attrib/dev_config, which
+the kernel passes to the daemon (netlink RECONFIG_DEVICE) and fails if the
+daemon refuses it. The subtype cannot change. A handler that can apply the
+change in place keeps running with its data: the fault handler swaps its fault
+options this way, e.g.
+  tcmu-ts reconfig disk0 'fault/ram/1G;error=EIO@0.01;latency=5'
+  tcmu-ts reconfig disk0 'fault/ram/1G'             (faults off again)
+Any other change reopens the handler (a ram store starts empty).
+
+Options:
+  --hba <n>               the HBA the backstore is in (default: wherever the
+                          name is, if only one HBA has it)
+  -h, --help              show this help
+`;
+
+const HELP: Record<string, string> = { create: CREATE_HELP, list: LIST_HELP, delete: DELETE_HELP, reconfig: RECONFIG_HELP };
 
 /** A failure to report: the message (without the "tcmu-ts <cmd>: " prefix) and the exit code. */
 class AdminError extends Error {
@@ -166,6 +186,7 @@ export async function runAdmin(argv: string[], io: AdminIo, opts: AdminOptions =
   try {
     if (cmd === 'create') await create(ctx, args);
     else if (cmd === 'list') await list(ctx, args);
+    else if (cmd === 'reconfig') await reconfig(ctx, args);
     else await remove(ctx, args);
     return 0;
   } catch (e) {
@@ -592,18 +613,7 @@ async function remove(ctx: Ctx, argv: string[]): Promise<void> {
   checkDeviceName(name);
   const hbaGiven = hbaOption(values.hba as string | undefined);
   await checkKernel(ctx, false);
-
-  let hba: number;
-  if (hbaGiven !== undefined) {
-    if ((await ctx.io.kind(userDeviceDir(hbaGiven, name, ctx.root))) !== 'dir') throw new AdminError(`no user backstore named ${JSON.stringify(name)} in user_${hbaGiven}`);
-    hba = hbaGiven;
-  } else {
-    const found: number[] = [];
-    for (const h of await userHbas(ctx)) if ((await ctx.io.kind(userDeviceDir(h, name, ctx.root))) === 'dir') found.push(h);
-    if (found.length === 0) throw new AdminError(`no user backstore named ${JSON.stringify(name)}`);
-    if (found.length > 1) throw new AdminError(`${JSON.stringify(name)} exists in ${found.map((h) => `user_${h}`).join(', ')}: say which with --hba`);
-    hba = found[0];
-  }
+  const hba = await findHba(ctx, name, hbaGiven);
   const label = `user_${hba}/${name}`;
 
   const links = (await scanLunLinks(ctx)).filter((l) => sameDevice(l.target, hba, name));
@@ -635,4 +645,43 @@ async function remove(ctx: Ctx, argv: string[]): Promise<void> {
   }
   await deleteUserBackstore(hba, name, { root: ctx.root, io: ctx.io, removeHbaIfEmpty: true });
   ctx.out(`Deleted ${label}`);
+}
+
+/** The HBA holding backstore `name`: the given one, or the only one that has it. */
+async function findHba(ctx: Ctx, name: string, hbaGiven: number | undefined): Promise<number> {
+  if (hbaGiven !== undefined) {
+    if ((await ctx.io.kind(userDeviceDir(hbaGiven, name, ctx.root))) !== 'dir') throw new AdminError(`no user backstore named ${JSON.stringify(name)} in user_${hbaGiven}`);
+    return hbaGiven;
+  }
+  const found: number[] = [];
+  for (const h of await userHbas(ctx)) if ((await ctx.io.kind(userDeviceDir(h, name, ctx.root))) === 'dir') found.push(h);
+  if (found.length === 0) throw new AdminError(`no user backstore named ${JSON.stringify(name)}`);
+  if (found.length > 1) throw new AdminError(`${JSON.stringify(name)} exists in ${found.map((h) => `user_${h}`).join(', ')}: say which with --hba`);
+  return found[0];
+}
+
+// ---------------------------------------------------------------- reconfig
+
+async function reconfig(ctx: Ctx, argv: string[]): Promise<void> {
+  const { values, positionals } = parse(argv, { hba: { type: 'string' } });
+  if (positionals.length < 2) throw new UsageError('needs <name> and <subtype>/<config>');
+  if (positionals.length > 2) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[2])}`);
+  const [name, devConfig] = positionals;
+  checkDeviceName(name);
+  if (/[,\n\0]/.test(devConfig)) throw new UsageError(`config ${JSON.stringify(devConfig)} may not contain ',' or a newline (the kernel splits control writes on them)`);
+  if (!/^[A-Za-z0-9_.+-]+\//.test(devConfig)) throw new UsageError(`config ${JSON.stringify(devConfig)} has no handler subtype: write it as <subtype>/<config>`);
+  const cfgBytes = Buffer.byteLength(devConfig);
+  if (cfgBytes > TCMU_CONFIG_LEN - 1) throw new UsageError(`config is ${cfgBytes} bytes; the kernel takes at most ${TCMU_CONFIG_LEN - 1}`);
+  const hbaGiven = hbaOption(values.hba as string | undefined);
+  await checkKernel(ctx, false);
+  const hba = await findHba(ctx, name, hbaGiven);
+  const dir = userDeviceDir(hba, name, ctx.root);
+  const old = (await orNull(ctx.io.readFile(join(dir, 'attrib', 'dev_config'))))?.trim();
+  const oldSubtype = old ? old.slice(0, old.indexOf('/') < 0 ? old.length : old.indexOf('/')) : undefined;
+  const newSubtype = devConfig.slice(0, devConfig.indexOf('/'));
+  if (oldSubtype && oldSubtype !== newSubtype) throw new AdminError(`user_${hba}/${name} is a ${oldSubtype} backstore; the subtype cannot change (delete and create it again)`);
+  const attr = join(dir, 'attrib', 'dev_config');
+  // On an enabled device the kernel blocks this write until the daemon answers, and fails it when the daemon refuses.
+  await ctx.io.writeFile(attr, devConfig).catch((e) => { throw new ConfigfsError('write', attr, e); });
+  ctx.out(`Reconfigured user_${hba}/${name}: ${devConfig}`);
 }

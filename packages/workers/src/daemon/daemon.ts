@@ -235,6 +235,13 @@ export class Daemon {
           log.error(`new dev_config "${r.devConfig}" refused: ${check ? check.reason : 'no handler'}`);
           return -errno.EINVAL;
         }
+        // A handler that can apply the new config in place (fault options) keeps running, data and all.
+        const inPlace = await this.supervisor.reconfigure(s.name, { cfgstring: config });
+        if (inPlace === 0) {
+          log.info(`dev_config now ${r.devConfig}: applied in place`);
+          return 0;
+        }
+        if (inPlace !== errno.EOPNOTSUPP) return -inPlace;
         log.info(`dev_config now ${r.devConfig}: reopening the handler`);
         try {
           await this.supervisor.reopen(s.name, { subtype, cfgstring: config, handlerSpec: this.o.handlerSources.get(subtype) });

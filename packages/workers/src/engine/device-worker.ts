@@ -123,6 +123,7 @@ async function main(): Promise<void> {
 /**
  * A size or write-cache change: the handler may refuse it (then nothing
  * changes); once accepted, initiators learn about it through a unit attention.
+ * A new cfgstring the handler applies in place (fault options) needs none.
  */
 async function reconfigure(m: Extract<SupervisorCommand, { type: 'reconfig' }>, handler: DeviceHandler, engine: DeviceEngine, info: ScsiDeviceInfo): Promise<void> {
   if (m.numLbas !== undefined && m.numLbas !== info.numLbas) {
@@ -134,6 +135,11 @@ async function reconfigure(m: Extract<SupervisorCommand, { type: 'reconfig' }>, 
     await handler.reconfig?.({ kind: 'writecache', enabled: m.writeCache });
     info.writeCache = m.writeCache;
     engine.raiseUnitAttention(ScsiError.modeParametersChanged());
+  }
+  if (m.cfgstring !== undefined) {
+    // In place or not at all: a handler without reconfig() gets reopened by the supervisor.
+    if (!handler.reconfig) throw Object.assign(new Error('the handler cannot change its config in place'), { code: 'EOPNOTSUPP' });
+    await handler.reconfig({ kind: 'config', cfgstring: m.cfgstring });
   }
 }
 
