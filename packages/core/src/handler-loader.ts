@@ -11,7 +11,7 @@ import { pathToFileURL } from 'node:url';
 import { splitCfgstring, configError, type ConfigCheck, type Handler } from './handler.js';
 
 /** Subtypes shipped in @tcmu-ts/handlers. */
-export const BUILTIN_HANDLERS: readonly string[] = Object.freeze(['ram', 'file', 'rbd', 'qcow']);
+export const BUILTIN_HANDLERS: readonly string[] = Object.freeze(['ram', 'file', 'rbd', 'qcow', 'glfs']);
 
 // A variable, not a literal: core must not depend on handlers at build time
 // (handlers depends on core), only find it at run time.
