@@ -437,11 +437,15 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --fuzz               instead: the ring fuzz (bench/ring-fuzz.ts): --entries <n> adversarial
                        entries (default 1000000) against the consumer and engine,
                        --seed <s>; results/ring-fuzz.json, exit 1 on a crash or mismatch
+  --glfs               instead: the glfs handler against direct gfapi IO on a test Gluster
+                       volume (4 KiB random read and write, QD16; --repeat, --seconds):
+                       results/glfs.json
   -h, --help
 `;
 
 async function main(): Promise<number> {
   if (process.argv.includes('--rbd')) return (await import('./rbd-bench.js')).main(process.argv.slice(2));
+  if (process.argv.includes('--glfs')) return (await import('./glfs-bench.js')).main(process.argv.slice(2));
   const { values: a } = parseArgs({
     options: {
       quick: { type: 'boolean' }, name: { type: 'string' }, only: { type: 'string' }, consumers: { type: 'string' },

@@ -4,7 +4,9 @@
 # the referee of the qcow handler, and a one-node Ceph cluster for the rbd
 # handler (ceph-mon, ceph-osd, the ceph/rbd/rados CLIs of ceph-common, librbd1), and
 # the Prometheus server (prometheus: a static Go binary plus the web UI's
-# JavaScript, about 100 MB installed) that scrapes the daemon's /metrics.
+# JavaScript, about 100 MB installed) that scrapes the daemon's /metrics, and
+# a one-brick Gluster volume for the glfs handler (glusterd and the gluster
+# CLI of glusterfs-server, glusterfsd of glusterfs-common, libgfapi0).
 # Install what is missing when we
 # can (root with apt-get); otherwise say what to install and let the tests
 # that need it fail with the same advice (the Prometheus test is skipped).
@@ -23,6 +25,9 @@ command -v ceph-osd >/dev/null 2>&1 || need+=(ceph-osd)
 command -v rbd >/dev/null 2>&1 || need+=(ceph-common)
 { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'librbd\.so\.1 ' || need+=(librbd1)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+{ command -v glusterd && command -v gluster; } >/dev/null 2>&1 || need+=(glusterfs-server)
+command -v glusterfsd >/dev/null 2>&1 || need+=(glusterfs-common)
+{ ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'libgfapi\.so\.0 ' || need+=(libgfapi0)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing test tools: ${need[*]}" >&2

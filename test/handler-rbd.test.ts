@@ -7,12 +7,11 @@
 import { expect } from 'chai';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Initiator, ScsiStatus, cdbCompareAndWrite as caw, cdbUnmap as unmapCdb, cdbWriteSame16 as writeSame16, type ScsiResponse } from '@tcmu-ts/ring';
 import { HandlerRegistry, decodeSense, makeBlockIo, makeHandlerDevice, type DeviceHandler, type HandlerDevice } from '@tcmu-ts/core';
 import { rbdHandler } from '@tcmu-ts/handlers';
 import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
-import { FixtureProcess } from './fixtures/child.js';
+import { Gateway as SharedGateway } from './fixtures/gateway-client.js';
 import { startCephCluster, type CephCluster } from './fixtures/ceph.js';
 import { rng, randInt, randomBytes } from './simulator-harness.test.js';
 import { be32, retryBusy } from './scsi-helpers.js';
@@ -332,30 +331,9 @@ describe('rbd handler on a real Ceph cluster', function () {
     });
   });
   describe('two gateway daemons on one image (ALUA implicit failover)', () => {
-    const GATEWAY = fileURLToPath(new URL('./fixtures/rbd-gateway.js', import.meta.url));
-    let seq = 0;
-
-    class Gateway {
-      readonly proc: FixtureProcess;
-      constructor(readonly name: string, image: string) {
-        this.proc = new FixtureProcess(GATEWAY, [name, cfg(image), String((16 * MiB) / BS)]);
-      }
-      ready(): Promise<unknown> {
-        return this.proc.event('ready', undefined, 60000);
-      }
-      async send(op: 'read' | 'write', lba: number, data?: Uint8Array): Promise<{ status: number; data?: Uint8Array }> {
-        const id = ++seq;
-        this.proc.send(JSON.stringify({ id, op, lba, ...(data ? { data: Buffer.from(data).toString('base64') } : {}) }));
-        const a = await this.proc.event('answer', (e) => e.id === id, 60000);
-        return { status: a.status as number, ...(a.data ? { data: new Uint8Array(Buffer.from(a.data as string, 'base64')) } : {}) };
-      }
-      /** An initiator's retry loop: BUSY means "again", anything else is the answer. */
-      async until(op: 'read' | 'write', lba: number, data?: Uint8Array): Promise<{ status: number; data?: Uint8Array; busy: number }> {
-        for (let busy = 0; ; busy++) {
-          const r = await this.send(op, lba, data);
-          if (r.status !== ScsiStatus.BUSY || busy > 1000) return { ...r, busy };
-          await new Promise((res) => setTimeout(res, 20));
-        }
+    class Gateway extends SharedGateway {
+      constructor(name: string, image: string) {
+        super(name, cfg(image), (16 * MiB) / BS, 'rbd');
       }
     }
 

@@ -15,7 +15,7 @@ import { splitCfgstring, configError, type ConfigCheck, type Handler } from './h
  * package, so test/handler-loader.test.ts checks this list against its
  * `builtinHandlers` (a handler missing here is never served by the daemon).
  */
-export const BUILTIN_HANDLERS: readonly string[] = Object.freeze(['ram', 'file', 'rbd', 'qcow', 'zbc', 'fbo', 'fault']);
+export const BUILTIN_HANDLERS: readonly string[] = Object.freeze(['ram', 'file', 'rbd', 'qcow', 'zbc', 'fbo', 'fault', 'glfs']);
 
 // A variable, not a literal: core must not depend on handlers at build time
 // (handlers depends on core), only find it at run time.

@@ -251,9 +251,12 @@ export type ReconfigChange =
  * finished on the device thread (page cache, memory) should return
  * synchronously: the engine then completes the command in place, with no
  * promise, microtask or closure for it. Throwing synchronously fails the
- * command just as a rejected promise does.
+ * command just as a rejected promise does. A thenable is as good as a
+ * promise: the engine calls `then(succeed, failed)` once, with callbacks
+ * bound once per command record, so a handler may return a pooled record
+ * of its own (glfs does) instead of allocating a promise per command.
  */
-export type Callout<T> = Promise<T> | T;
+export type Callout<T> = Promise<T> | PromiseLike<T> | T;
 
 /**
  * An open device. Every IO callout is optional: what is missing the engine

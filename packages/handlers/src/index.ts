@@ -1,6 +1,8 @@
 export * from './ram.js';
 export * from './file.js';
 export * from './rbd.js';
+export { glfsHandler, parseGlfsConfig, probeFile, GFAPI_LOG, GLUSTERD_PORT, type GlfsConfig, type GlfsDevice } from './glfs.js';
+export { GlfsError, GlfsFile, GlfsVolume, volumeTable, volumeKey, type VolfileServer } from './libgfapi.js';
 export * from './qcow.js';
 export * from './qcow-format.js';
 export * from './zbc.js';

@@ -93,7 +93,7 @@ function asWriteFailure(e: unknown): unknown {
 }
 
 /** A callout that returned a promise rather than finishing in place. */
-function pending<T>(r: Callout<T>): r is Promise<T> {
+function pending<T>(r: Callout<T>): r is Promise<T> | PromiseLike<T> {
   return r !== undefined && r !== null && typeof (r as { then?: unknown }).then === 'function';
 }
 
