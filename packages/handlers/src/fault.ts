@@ -419,7 +419,7 @@ export class FaultDevice implements DeviceHandler {
     }
     if (delay > 0) {
       this.stats.delayed++;
-      return sleep(delay).then(go);
+      return sleep(delay).then<T>(go);
     }
     return go();
   }
