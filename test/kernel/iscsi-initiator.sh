@@ -20,19 +20,21 @@
 #      its VPD 83h names; fio crc32c verify through /dev/mapper/<wwid>; tpgt_2 disabled on
 #      the target during a fio job (replacement_timeout 10 s on that node): the path fails,
 #      fio goes on through the other, re-enabled: the path comes back; tpg_a to
-#      active/non-optimized: RTPG and multipath's prio follow, then back
+#      active/non-optimized and a daemon restart (SIGTERM): RTPG and multipath's prio follow
 #   Z. teardown (multipathd, map, logout, target, ALUA groups, backstore), clean daemon
 #      stop, kernel log clean
-# What the ALUA part can show: RTPG for a user backstore is LIO core's (tcmu's
-# transport_flags_default is TRANSPORT_FLAG_PASSTHROUGH without PASSTHROUGH_ALUA: core
-# answers REPORT TARGET PORT GROUPS from the configfs groups and enforces their states
-# per port), while INQUIRY and its VPD pages are the daemon's. TCMU does not tell the
-# daemon which port a command came in on, so VPD 83h names the same relative port and
-# target port group (the first group with an enabled member, as tcmu-runner) on both
-# paths: the initiator maps both paths to that group, and multipath gives both the prio
-# of its state (one path group). Per-port states across TPGs of one host are out of
-# reach for any TCMU handler; tpg_b's state is still enforced by LIO on tpgt_2 (AN: its
-# commands are served, nonop_delay_msecs set to 0 so they are not slowed by 100 ms).
+# What the ALUA part can show: on 6.1, LIO passes REPORT TARGET PORT GROUPS, like INQUIRY
+# and its VPD pages, to a user backstore (passthrough_parse_cdb emulates only REPORT LUNS
+# and the reservations), so the daemon answers it from the configfs groups it read when it
+# started serving the device (no default_tg_pt_gp in it, unlike LIO's own answer); LIO core
+# still enforces each port's state (tcmu has no TRANSPORT_FLAG_PASSTHROUGH_ALUA by default)
+# and queues the unit attentions. TCMU does not tell the daemon which port a command came
+# in on, so VPD 83h names the same relative port and target port group (the first group
+# with an enabled member, as tcmu-runner) on both paths: the initiator maps both paths to
+# tpg_a, and multipath gives both the prio of its state (one path group), though LIO has
+# tpgt_2 in tpg_b. Per-port states across TPGs of one host are out of reach for any TCMU
+# handler; tpg_b's state is still enforced by LIO on tpgt_2 (AN: commands are served,
+# nonop_delay_msecs 0 so they are not slowed by 100 ms each).
 # Env (run.mjs --env NAME=VALUE): IS_PHASES (default LVERM; S and Z always run),
 # IS_RESTART_SIGNAL (R's signal to the daemon, default KILL).
 # Alone: node test/kernel/run.mjs --skip-prepare --timeout 900 test/kernel/iscsi-initiator.sh
@@ -129,7 +131,8 @@ tk_wait 15 test -S /run/udev/control; tk_eq "S systemd-udevd running (its contro
 # open-iscsi: a fixed initiator name; iscsiadm must not try to start iscsid through systemctl
 printf 'InitiatorName=iqn.1993-08.org.debian:01:tcmu-vm\n' >/etc/iscsi/initiatorname.iscsi
 sed -i 's|^iscsid.startup = .*|iscsid.startup = /bin/true|' /etc/iscsi/iscsid.conf
-iscsid -f >"$TCMU_OUT/iscsid.out" 2>&1 &
+# its own session: iscsid ends with kill(0, SIGTERM), which would take the scenario along
+setsid iscsid -f >"$TCMU_OUT/iscsid.out" 2>&1 &
 ISCSID=$!
 _iscsid_up() { grep -q ISCSIADM_ABSTRACT_NAMESPACE /proc/net/unix; }
 tk_wait 15 _iscsid_up; tk_eq "S iscsid listening (abstract socket)" 0 $?
@@ -199,7 +202,7 @@ if [ -b "/dev/$SD1" ]; then
   tk_eq "L scsi_dh_alua attached (dh_state)" alua "$(cat "/sys/block/$SD1/device/dh_state" 2>/dev/null)"
   tk_log "L access_state $(cat "/sys/block/$SD1/device/access_state" 2>/dev/null), timeout $(<"/sys/block/$SD1/device/timeout") s, recovery_tmo $(cat /sys/class/iscsi_session/$SESS1/recovery_tmo 2>/dev/null) s"
   tk_match "L VPD 83h names a target port group (tcmu-ts)" '^0x[12]$' "$(vpd_tpg "$SD1")"
-  tk_match "L RTPG (LIO core): tpg_a 0x1 active/optimized, tpg_b 0x2 active/non-optimized" '(^| )0x1=0x00( .*)? 0x2=0x01( |$)' "$(rtpg_states "$SD1")"
+  tk_match "L RTPG (tcmu-ts): tpg_a 0x1 active/optimized, tpg_b 0x2 active/non-optimized" '(^| )0x1=0x00( .*)? 0x2=0x01( |$)' "$(rtpg_states "$SD1")"
   sg_vpd -p di "/dev/$SD1" 2>&1 | sed 's/^/  vpd83: /' | head -30
 fi
 
@@ -323,7 +326,8 @@ if phase M && [ -b "/dev/$SD1" ]; then
   t0=$EPOCHREALTIME
   # a multipath path should fail fast when its portal goes away: replacement_timeout 10 s
   # (open-iscsi's 120 s default would hold the I/O queued on the dead path for 2 minutes
-  # before dm-multipath may retry it on the other one)
+  # before dm-multipath may retry it on the other one); multipathd then lowers both
+  # sessions' recovery_tmo to its fast_io_fail_tmo (5 s) anyway, as it does for iSCSI paths
   iscsiadm -m node -T $IQN -p $P2 -o update -n node.session.timeo.replacement_timeout -v 10
   out=$(iscsiadm -m node -T $IQN -p $P2 --login 2>&1); rc=$?
   printf '%s\n' "$out" | sed 's/^/  login: /'
@@ -355,11 +359,13 @@ devices {
 	}
 }
 EOF
-  multipathd -d -s >"$TCMU_OUT/multipathd.out" 2>&1 &
+  setsid multipathd -d -s >"$TCMU_OUT/multipathd.out" 2>&1 &
   MPD=$!
   tk_wait 60 _mp_map; tk_eq "M multipathd made one map over /dev/$SD1 and /dev/$SD2" 0 $?
   tk_wait 20 test -b "/dev/mapper/$MPNAME"; tk_eq "M /dev/mapper/$MPNAME ($MPDM)" 0 $?
   tk_timing M_login_map "$(tk_since "$t0")"
+  # multipathd sets an iSCSI path's recovery_tmo (replacement_timeout) to its fast_io_fail_tmo (5 s)
+  tk_log "M recovery_tmo: $(is_session_of $A1) $(cat /sys/class/iscsi_session/$(is_session_of $A1)/recovery_tmo 2>/dev/null) s, $(is_session_of $A2) $(cat /sys/class/iscsi_session/$(is_session_of $A2)/recovery_tmo 2>/dev/null) s"
   out=$(multipath -ll 2>&1)
   printf '%s\n' "$out" | sed 's/^/  multipath -ll: /'
   tk_match "M multipath -ll: hwhandler 1 alua" "hwhandler='1 alua'" "$out"
@@ -411,17 +417,23 @@ EOF
       tk_pass "M no I/O error on $MPDM in the kernel log"
     fi
     dmesg | grep -E "$SD2|connection[0-9]|session[0-9]|multipath|alua" | tail -12 | sed 's/^/  dmesg: /'
-    # an ALUA state change on the target: tpg_a to active/non-optimized, then back
+    # an ALUA state change: tpg_a to active/non-optimized in configfs. LIO core takes it at once
+    # (it enforces each port's state and queues ASYMMETRIC ACCESS STATE CHANGED for tpgt_1's
+    # nexus), but REPORT TARGET PORT GROUPS is the daemon's, from the groups it read when it
+    # started serving the device (as tcmu-runner): a restart brings its answer up to date
     tk_put "$DEV/alua/tpg_a/alua_access_state" 1; tk_eq "M tpg_a -> active/non-optimized (configfs)" 0 $?
-    sg_turs "/dev/$SD1" >/dev/null 2>&1; sg_turs "/dev/$SD2" >/dev/null 2>&1   # take the unit attentions (asymmetric access state changed)
+    tk_log "M RTPG right after the configfs write (daemon's groups as read at start): $(rtpg_states "$SD1")"
+    t1=$EPOCHREALTIME
+    ts_stop; tk_eq "M tcmu-ts stops on SIGTERM (map idle)" 0 $?
+    if ts_start && ts_alive; then tk_pass "M tcmu-ts restarted, reads the groups again" "pid $TS_PID"; else tk_fail "M tcmu-ts restarted, reads the groups again" "$(tail -5 "$TS_OUT" | tr '\n' ' ')"; fi
+    tk_timing M_restart_for_alua "$(tk_since "$t1")"
+    sg_turs "/dev/$SD1" >/dev/null 2>&1; sg_turs "/dev/$SD2" >/dev/null 2>&1   # take any unit attention
     tk_match "M RTPG shows tpg_a 0x1 active/non-optimized" '(^| )0x1=0x01( |$)' "$(rtpg_states "$SD1")"
     for s in $SD1 $SD2; do
       e=$(expected_prio $s)
       tk_eq "M after the change: prio alua of /dev/$s follows RTPG (group $(vpd_tpg $s))" "${e:-?}" "$(ll_prio $s)"
     done
-    tk_put "$DEV/alua/tpg_a/alua_access_state" 0; tk_eq "M tpg_a back to active/optimized" 0 $?
-    sg_turs "/dev/$SD1" >/dev/null 2>&1; sg_turs "/dev/$SD2" >/dev/null 2>&1
-    tk_eq "M prio alua of /dev/$SD1 back to $(expected_prio $SD1)" "$(expected_prio $SD1)" "$(ll_prio $SD1)"
+    tk_eq "M after the change: prio alua of /dev/$SD1 is AN's" 10 "$(ll_prio $SD1)"
     ts_fio is-mpath-verify-only "${PJOB[@]}" --verify_only=1
     tk_eq "M verify-only pass through $MDEV" 0 $?
   fi
@@ -430,10 +442,11 @@ fi
 # ---------------------------------------------------------------- Z. teardown
 t0=$EPOCHREALTIME
 if [ -n "$MPD" ]; then
-  kill -TERM "$MPD" 2>/dev/null; wait "$MPD" 2>/dev/null
-  multipath -F >/dev/null 2>&1
   _no_map() { ! _mp_map; }
-  tk_wait 20 _no_map; tk_eq "Z multipathd stopped, map flushed" 0 $?
+  [ -n "$MPNAME" ] && { multipath -f "$MPNAME" 2>&1 | sed 's/^/  multipath -f: /'; }
+  tk_wait 20 _no_map; tk_eq "Z map flushed (multipath -f)" 0 $?
+  kill -TERM "$MPD" 2>/dev/null; wait "$MPD" 2>/dev/null
+  _mp_map && { dmsetup remove "$MPNAME" 2>&1 | sed 's/^/  dmsetup remove: /'; }
 fi
 out=$(iscsiadm -m node --logoutall=all 2>&1); rc=$?
 printf '%s\n' "$out" | sed 's/^/  logout: /'
