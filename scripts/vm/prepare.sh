@@ -11,7 +11,9 @@
 #                                 installed; a prepare from nothing took 75 s with it),
 #                                 f2fs-tools, btrfs-progs (zoned filesystems on a zbc LUN),
 #                                 genisoimage, dvd+rw-tools (an ISO9660 image and
-#                                 dvd+rw-mediainfo for an fbo LUN), the
+#                                 dvd+rw-mediainfo for an fbo LUN), open-iscsi,
+#                                 multipath-tools and udev (the kernel initiator of
+#                                 iscsi-initiator.sh; systemd-udevd runs without systemd), the
 #                                 host's node binary and the target modules
 #   .vm-cache/vm/modules.load     guest paths of the .ko files to insmod, in order
 #   .vm-cache/vm/manifest.env     kernel release, node version, sizes (sourced by run.sh)
@@ -34,15 +36,18 @@ SUITE=bookworm
 # Bump when the layout of the root image or the initramfs changes in a way the
 # stamps (which hash the inputs below) would not notice.
 LAYOUT=4
-GUEST_PACKAGES=kmod,sg3-utils,fio,libiscsi-bin,e2fsprogs,tcmu-runner,targetcli-fb,dbus,procps,util-linux,qemu-utils,f2fs-tools,btrfs-progs,genisoimage,dvd+rw-tools
+GUEST_PACKAGES=kmod,sg3-utils,fio,libiscsi-bin,e2fsprogs,tcmu-runner,targetcli-fb,dbus,procps,util-linux,qemu-utils,f2fs-tools,btrfs-progs,genisoimage,dvd+rw-tools,open-iscsi,multipath-tools,udev
 # Modules the initramfs loads to reach the root image and the 9p share.
 BOOT_MODULES=(virtio_pci virtio_blk crc32c_generic ext4 9pnet_virtio 9p)
 # The target stack (what /init loads in stage 2, in the order modprobe resolves).
 TARGET_MODULES=(configfs target_core_mod target_core_user uio tcm_loop iscsi_target_mod sd_mod sg)
 # Shipped in the guest's /lib/modules too (with their dependencies) for scenarios to modprobe:
 # all of drivers/target (targetcli modprobes every fabric) plus a few block helpers,
-# sr_mod (an fbo LUN is a CD/DVD drive) and the filesystems zbc/fbo LUNs are tested with.
-EXTRA_MODULES=(loop scsi_debug null_blk sr_mod isofs f2fs btrfs zonefs)
+# sr_mod (an fbo LUN is a CD/DVD drive), the filesystems zbc/fbo LUNs are tested with, and the
+# initiator side of iscsi-initiator.sh: open-iscsi's transport (iscsi_tcp pulls libiscsi,
+# libiscsi_tcp, scsi_transport_iscsi), dm-multipath with its path selectors (dm_mod) and
+# the ALUA device handler.
+EXTRA_MODULES=(loop scsi_debug null_blk sr_mod isofs f2fs btrfs zonefs iscsi_tcp dm_multipath dm_round_robin dm_service_time dm_queue_length scsi_dh_alua)
 
 REFRESH=0
 for a in "$@"; do

@@ -20,7 +20,9 @@ import { collectResults, resultsMarkdown } from './results.mjs';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const cache = process.env.TCMU_VM_CACHE ?? join(repo, '.vm-cache');
-const resultsDir = join(cache, 'results');
+// The guest writes its results through the 9p share, which is the repo: with a TCMU_VM_CACHE
+// outside the repo (a shared VM image), the results stay in the repo's own .vm-cache.
+const resultsDir = relative(repo, join(cache, 'results')).startsWith('..') ? join(repo, '.vm-cache', 'results') : join(cache, 'results');
 
 const args = process.argv.slice(2);
 let skipPrepare = false;
