@@ -115,7 +115,9 @@ for n in tcfile tcram tcqcow tczbc tcfbo; do
   grep -q "\"name\": \"$n\"" "$SAVED" || continue
   tk_wait 30 _served_again $n; tk_eq "D $n served again after restoreconfig" 0 $?
 done
-tk_wait 20 _disks; tk_eq "D the two loopback disks are back" 0 $?
+# restoreconfig made the loopback target anew: a new SCSI host, so a new address
+read -r addr <"$CFG/loopback/$LOOP/tpgt_1/address" 2>/dev/null
+tk_wait 20 _disks; tk_eq "D the two loopback disks are back (${addr:-no address})" 0 $?
 for d in "${DISKS[@]}"; do
   got=$(dd if=/dev/$d bs=1M count=8 iflag=direct status=none | sha256sum | cut -c1-64)
   tk_eq "D /dev/$d reads back what was written before the restart" "$WANT" "$got"
