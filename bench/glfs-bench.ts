@@ -16,17 +16,15 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
 import { GlfsFile, GlfsVolume } from '@tcmu-ts/handlers';
 import { NativeBuffer } from '@tcmu-ts/handlers/libgfapi';
-import { LoadDriver } from './lib/load.js';
+import { handlerLoad } from './lib/handler-load.js';
 import { BENCH_DIR } from './lib/native.js';
 
 const BLOCK = 512;
 const FILE_MB = 256;
 const QD = 16;
 const IO = 4096;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Gl { volume: string; cfg(file: string): string; stop(): Promise<void> }
 
@@ -59,31 +57,12 @@ async function direct(vol: GlfsVolume, path: string, read: boolean, seconds: num
   return iops;
 }
 
-async function tcmu(gl: Gl, file: string, read: boolean, seconds: number): Promise<{ iops: number; errors: number; p99Us: number }> {
-  const backend = new SimulatedBackend({ name: 'glfs-bench', cmdRingSizeMb: 8, maxDataAreaMb: 64, cmdTimeOutSec: 120 });
-  const sup = new Supervisor({ log: (level, dev, msg) => { if (level === 'error') process.stderr.write(`${dev}: ${msg}\n`); } });
-  try {
-    const numLbas = (FILE_MB << 20) / BLOCK;
-    const spec: DeviceSpec = {
-      name: 'glfs0', subtype: 'glfs', handlerSpec: 'glfs', cfgstring: gl.cfg(file), blockSize: BLOCK, numLbas, maxXferBlocks: 2048,
-      writeCache: false, serial: 'glfs-bench', wwn: 'glfs-bench', ring: backend.endpoint,
-    };
-    await sup.addDevice(spec, backend);
-    const driver = new LoadDriver([backend.sim], { ioBytes: IO, queueDepth: QD, readPercent: read ? 100 : 0, blockSize: BLOCK, numLbas, plug: true });
-    driver.start();
-    await sleep(700); // the first writes take the file's lock (BUSY meanwhile)
-    driver.take();
-    const t0 = performance.now();
-    await sleep(seconds * 1000);
-    const p99Us = driver.hist.quantileUs(0.99);
-    const w = driver.take();
-    const secs = (performance.now() - t0) / 1000;
-    await driver.stop();
-    return { iops: Math.round(w.commands / secs), errors: w.errors, p99Us: Math.round(p99Us) };
-  } finally {
-    await sup.stop();
-    await backend.close();
-  }
+function tcmu(gl: Gl, file: string, read: boolean, seconds: number): Promise<{ iops: number; errors: number; p99Us: number }> {
+  return handlerLoad({
+    bench: 'glfs-bench', device: 'glfs0', subtype: 'glfs', cfgstring: gl.cfg(file), blockSize: BLOCK, numLbas: (FILE_MB << 20) / BLOCK,
+    ioBytes: IO, queueDepth: QD, read, seconds,
+    warmupMs: 700, // the first writes take the file's lock (BUSY meanwhile)
+  });
 }
 
 export async function main(argv: string[]): Promise<number> {

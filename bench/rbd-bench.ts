@@ -18,13 +18,11 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
-import { LoadDriver } from './lib/load.js';
+import { handlerLoad } from './lib/handler-load.js';
 import { BENCH_DIR } from './lib/native.js';
 
 const BLOCK = 512;
 const IMAGE_MB = 256;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Job {
   name: string;
@@ -77,31 +75,11 @@ function fioRbd(c: Cluster, image: string, job: Job, seconds: number): number | 
   return Math.round(job.read ? j.jobs[0].read.iops : j.jobs[0].write.iops);
 }
 
-async function tcmuBench(c: Cluster, image: string, job: Job, seconds: number): Promise<{ iops: number; errors: number; p99Us: number }> {
-  const backend = new SimulatedBackend({ name: 'rbd-bench', cmdRingSizeMb: 8, maxDataAreaMb: 64, cmdTimeOutSec: 120 });
-  const sup = new Supervisor({ log: (level, dev, msg) => { if (level === 'error') process.stderr.write(`${dev}: ${msg}\n`); } });
-  try {
-    const numLbas = (IMAGE_MB << 20) / BLOCK;
-    const spec: DeviceSpec = {
-      name: 'rbd0', subtype: 'rbd', handlerSpec: 'rbd', cfgstring: `${c.pool}/${image};conf=${c.confPath}`,
-      blockSize: BLOCK, numLbas, maxXferBlocks: 2048, writeCache: false, serial: 'rbd-bench', wwn: 'rbd-bench', ring: backend.endpoint,
-    };
-    await sup.addDevice(spec, backend);
-    const driver = new LoadDriver([backend.sim], { ioBytes: job.ioBytes, queueDepth: job.queueDepth, readPercent: job.read ? 100 : 0, blockSize: BLOCK, numLbas, plug: true });
-    driver.start();
-    await sleep(500);
-    driver.take();
-    const t0 = performance.now();
-    await sleep(seconds * 1000);
-    const p99Us = driver.hist.quantileUs(0.99);
-    const w = driver.take();
-    const secs = (performance.now() - t0) / 1000;
-    await driver.stop();
-    return { iops: Math.round(w.commands / secs), errors: w.errors, p99Us: Math.round(p99Us) };
-  } finally {
-    await sup.stop();
-    await backend.close();
-  }
+function tcmuBench(c: Cluster, image: string, job: Job, seconds: number): Promise<{ iops: number; errors: number; p99Us: number }> {
+  return handlerLoad({
+    bench: 'rbd-bench', device: 'rbd0', subtype: 'rbd', cfgstring: `${c.pool}/${image};conf=${c.confPath}`, blockSize: BLOCK, numLbas: (IMAGE_MB << 20) / BLOCK,
+    ioBytes: job.ioBytes, queueDepth: job.queueDepth, read: job.read, seconds, warmupMs: 500,
+  });
 }
 
 export async function main(argv: string[]): Promise<number> {

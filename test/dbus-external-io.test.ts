@@ -17,7 +17,8 @@ import { Initiator, KernelSimulator } from '@tcmu-ts/ring';
 import { startDbusService, type DbusService, type ExternalHandlerEvent } from '@tcmu-ts/workers/dbus/service';
 import { isExternalDbusHandler } from '@tcmu-ts/workers/dbus/external-handler';
 import { SERVICE_NAME, ROOT_PATH } from '@tcmu-ts/workers/dbus/names';
-import { haveCommand, startTestBus, type TestBus } from './fixtures/dbus-bus.js';
+import { startTestBus, type TestBus } from './fixtures/dbus-bus.js';
+import { haveCommand } from './fixtures/host-tools.js';
 import { FixtureProcess, Recorder } from './fixtures/child.js';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/dbus-external-io-handler.js', import.meta.url));

@@ -15,7 +15,8 @@ import { BUILTIN_HANDLERS, HandlerRegistry, configError, configOk, defineHandler
 import { startDbusService, DbusServiceError, type DbusService, type ExternalHandlerEvent } from '@tcmu-ts/workers/dbus/service';
 import { isExternalDbusHandler } from '@tcmu-ts/workers/dbus/external-handler';
 import { SERVICE_NAME, ROOT_PATH, MANAGER_PATH } from '@tcmu-ts/workers/dbus/names';
-import { ACTIVATION_FILE, POLICY_FILE, SYSTEMD_UNIT, haveCommand, startTestBus, type TestBus } from './fixtures/dbus-bus.js';
+import { ACTIVATION_FILE, POLICY_FILE, SYSTEMD_UNIT, startTestBus, type TestBus } from './fixtures/dbus-bus.js';
+import { haveCommand } from './fixtures/host-tools.js';
 import { FixtureProcess, Recorder } from './fixtures/child.js';
 import { AS_NOBODY, fixturesForAll, type FixturesForAll } from './fixtures/other-users.js';
 

@@ -7,28 +7,23 @@
  */
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
-import { Initiator, ScsiStatus, cdbUnmap as unmapCdb, cdbWriteSame16 as writeSame16, type ScsiResponse } from '@tcmu-ts/ring';
+import { ScsiStatus, cdbUnmap as unmapCdb, cdbWriteSame16 as writeSame16, type ScsiResponse } from '@tcmu-ts/ring';
 import { HandlerRegistry, makeBlockIo, makeHandlerDevice, type DeviceHandler, type HandlerDevice } from '@tcmu-ts/core';
 import { GlfsVolume, glfsHandler, parseGlfsConfig, volumeTable } from '@tcmu-ts/handlers';
-import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
 import { startGlusterVolume, type GlusterVolume } from './fixtures/gluster.js';
 import { Gateway } from './fixtures/gateway-client.js';
-import { rng, randInt, randomBytes } from './simulator-harness.test.js';
+import { LunHarness, aluaFailover, expectGood, randomWritesReadBack } from './fixtures/lun-tests.js';
+import { rng } from './simulator-harness.test.js';
 import { retryBusy } from './scsi-helpers.js';
 
 const BS = 512;
 const MiB = 1 << 20;
 
-function expectGood(r: ScsiResponse, what = 'command'): void {
-  expect(r.status, `${what}: ${r.senseInfo ? JSON.stringify(r.senseInfo) : ''}`).to.equal(ScsiStatus.GOOD);
-}
-
 describe('glfs handler on a real Gluster volume', function () {
   this.timeout(60000);
   let gl: GlusterVolume;
   let vol: GlfsVolume;
-  let sup: Supervisor;
-  const backends: SimulatedBackend[] = [];
+  const luns = new LunHarness('GLFS_DEBUG');
   let files = 0;
 
   before(async function () {
@@ -41,14 +36,6 @@ describe('glfs handler on a real Gluster volume', function () {
     vol?.release();
     await gl?.stop();
   });
-  beforeEach(() => {
-    sup = new Supervisor({ log: (l, d, m) => { if (process.env.GLFS_DEBUG) console.log(Date.now() % 100000, l, d, m); } });
-  });
-  afterEach(async () => {
-    await sup.stop();
-    for (const b of backends.splice(0)) await b.close();
-  });
-
   function newFile(size = 16 * MiB): string {
     const name = `lun${++files}.img`;
     vol.createFile(`/${name}`, size);
@@ -58,16 +45,10 @@ describe('glfs handler on a real Gluster volume', function () {
   const onBrick = (file: string): Uint8Array => new Uint8Array(readFileSync(gl.brickPath(file)));
 
   /** A LUN on `file` served by a device worker behind a simulated kernel. */
-  async function lun(cfgstring: string, opts: { numLbas?: number } = {}): Promise<{ ini: Initiator; name: string }> {
-    const b = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
-    backends.push(b);
-    const name = `glfs-${backends.length}-${files}`;
-    const spec: DeviceSpec = {
-      name, subtype: 'glfs', cfgstring, handlerSpec: 'glfs', blockSize: BS, numLbas: opts.numLbas ?? (16 * MiB) / BS,
-      maxXferBlocks: 2048, writeCache: true, serial: `serial-${name}`, wwn: `wwn-${name}`, ring: b.endpoint,
-    };
-    await sup.addDevice(spec, b);
-    return { ini: new Initiator(b.sim, { blockSize: BS }), name };
+  function lun(cfgstring: string, opts: { numLbas?: number } = {}) {
+    return luns.lun((n) => `glfs-${n}-${files}`, {
+      subtype: 'glfs', cfgstring, handlerSpec: 'glfs', blockSize: BS, numLbas: opts.numLbas ?? (16 * MiB) / BS, maxXferBlocks: 2048, writeCache: true,
+    });
   }
 
   describe('configuration', () => {
@@ -119,7 +100,7 @@ describe('glfs handler on a real Gluster volume', function () {
       expect(await fail(gl.cfg('missing.img'))).to.match(/file "\/missing.img" does not exist on volume "tcmuv"/);
       expect(await fail(gl.cfg(file), (16 * MiB) / BS)).to.match(/is 8388608 bytes but the device is 16777216/);
       expect(await fail(`${gl.volume}@127.0.0.1:1/${file}`)).to.match(/cannot reach volume "tcmuv" on 127.0.0.1:1/);
-      expect(sup.devices.size).to.equal(0);
+      expect(luns.sup.devices.size).to.equal(0);
       const { ini } = await lun(`${gl.volume}@unix/${file};socket=${gl.socket}`, { numLbas: (8 * MiB) / BS });
       const data = new Uint8Array(8 * BS).fill(0x5a);
       expectGood((await retryBusy(() => ini.write(8, data))).r, 'write over the unix socket');
@@ -143,25 +124,7 @@ describe('glfs handler on a real Gluster volume', function () {
       const model = new Uint8Array(16 * MiB);
       // The first write takes the file's mandatory lock (BUSY meanwhile; no ALUA here).
       expectGood((await retryBusy(() => ini.write(0, model.subarray(0, BS)))).r);
-      const r = rng(1616);
-      for (let round = 0; round < 10; round++) {
-        const batch: Promise<ScsiResponse>[] = [];
-        let lba = randInt(r, 0, 1024);
-        for (let i = 0; i < 12; i++) {
-          const blocks = randInt(r, 1, 2048);
-          if ((lba + blocks) * BS > model.length) break;
-          const data = randomBytes(r, blocks * BS);
-          model.set(data, lba * BS);
-          batch.push(ini.write(lba, data, BS, { fua: i % 4 === 0 }));
-          lba += blocks + randInt(r, 0, 2048);
-        }
-        for (const w of await Promise.all(batch)) expectGood(w, 'write');
-      }
-      for (let lba = 0; lba < model.length / BS; lba += 2048) {
-        const rd = await ini.read(lba, 2048);
-        expectGood(rd, 'read');
-        expect(Buffer.compare(rd.data, model.subarray(lba * BS, (lba + 2048) * BS)), `read at LBA ${lba}`).to.equal(0);
-      }
+      await randomWritesReadBack(ini, model, rng(1616), BS, { rounds: 10, perRound: 12, maxGap: 2048, fuaEvery: 4 });
       expectGood(await ini.synchronizeCache(), 'SYNCHRONIZE CACHE');
       expect(Buffer.compare(onBrick(file), model), 'the brick holds what was written').to.equal(0);
     });
@@ -203,8 +166,8 @@ describe('glfs handler on a real Gluster volume', function () {
       // The same client (glfs_t) as the device's, so allowed under its lock; closing this fd drops the
       // client's locks on the file (POSIX), which the device finds out and takes back (BUSY meanwhile).
       vol.createFile(`/${file}`, 16 * MiB);
-      expect(await sup.reconfigure(name, { numLbas: (32 * MiB) / BS })).to.not.equal(0);
-      expect(await sup.reconfigure(name, { numLbas: (16 * MiB) / BS })).to.equal(0);
+      expect(await luns.sup.reconfigure(name, { numLbas: (32 * MiB) / BS })).to.not.equal(0);
+      expect(await luns.sup.reconfigure(name, { numLbas: (16 * MiB) / BS })).to.equal(0);
       await ini.testUnitReady();
       const data = new Uint8Array(BS).fill(9);
       expectGood((await retryBusy(() => ini.write((16 * MiB) / BS - 1, data))).r, 'write to the new last LBA');
@@ -300,41 +263,7 @@ describe('glfs handler on a real Gluster volume', function () {
 
     it('two gateway processes with ALUA implicit failover: A killed -9, B takes over with every acknowledged write; A back writes only after taking the lock, fencing B', async () => {
       const file = newFile(MiB);
-      const n = MiB / BS;
-      const acked = new Map<number, number>();
-      let a = new Gateway('gwA', gl.cfg(file), n, 'glfs');
-      const b = new Gateway('gwB', gl.cfg(file), n, 'glfs');
-      try {
-        await Promise.all([a.ready(), b.ready()]);
-        for (let lba = 0; lba < 32; lba++) {
-          const r = await a.until('write', lba, block(0xa0 + (lba % 16)));
-          expect(r.status, `write ${lba} through A`).to.equal(ScsiStatus.GOOD);
-          acked.set(lba, 0xa0 + (lba % 16));
-        }
-        await a.proc.kill('SIGKILL');
-        const first = await b.until('write', 32, block(0xb0));
-        expect(first.status).to.equal(ScsiStatus.GOOD);
-        expect(first.busy, 'B answered BUSY while it took the lock').to.be.greaterThan(0);
-        acked.set(32, 0xb0);
-        for (const [lba, v] of acked) {
-          const r = await b.until('read', lba);
-          expect(r.status).to.equal(ScsiStatus.GOOD);
-          expect(r.data![0], `LBA ${lba}`).to.equal(v);
-        }
-        a = new Gateway('gwA2', gl.cfg(file), n, 'glfs');
-        await a.ready();
-        const early = await a.send('write', 40, block(0xa9));
-        expect(early.status, 'the restarted A does not write without the lock').to.equal(ScsiStatus.BUSY);
-        expect(onBrick(file)[40 * BS]).to.equal(0);
-        expect((await a.until('write', 40, block(0xa9))).status).to.equal(ScsiStatus.GOOD);
-        const fenced = await b.send('write', 41, block(0xbf));
-        expect(fenced.status, 'B fenced after A took the lock').to.equal(ScsiStatus.BUSY);
-        const img = onBrick(file);
-        expect([img[40 * BS], img[41 * BS]]).to.deep.equal([0xa9, 0]);
-      } finally {
-        await a.proc.kill('SIGKILL');
-        await b.proc.kill('SIGKILL');
-      }
+      await aluaFailover((name) => new Gateway(name, gl.cfg(file), MiB / BS, 'glfs'), (offset) => onBrick(file)[offset], BS);
     });
   });
 });

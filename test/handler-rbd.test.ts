@@ -10,24 +10,20 @@ import { join } from 'node:path';
 import { Initiator, ScsiStatus, cdbCompareAndWrite as caw, cdbUnmap as unmapCdb, cdbWriteSame16 as writeSame16, type ScsiResponse } from '@tcmu-ts/ring';
 import { HandlerRegistry, decodeSense, makeBlockIo, makeHandlerDevice, type DeviceHandler, type HandlerDevice } from '@tcmu-ts/core';
 import { rbdHandler } from '@tcmu-ts/handlers';
-import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
-import { Gateway as SharedGateway } from './fixtures/gateway-client.js';
+import { SimulatedBackend } from '@tcmu-ts/workers';
+import { Gateway } from './fixtures/gateway-client.js';
 import { startCephCluster, type CephCluster } from './fixtures/ceph.js';
-import { rng, randInt, randomBytes } from './simulator-harness.test.js';
+import { LunHarness, aluaFailover, expectGood, randomWritesReadBack } from './fixtures/lun-tests.js';
+import { rng } from './simulator-harness.test.js';
 import { be32, retryBusy } from './scsi-helpers.js';
 
 const BS = 512;
 const MiB = 1 << 20;
 
-function expectGood(r: ScsiResponse, what = 'command'): void {
-  expect(r.status, `${what}: ${r.senseInfo ? JSON.stringify(r.senseInfo) : ''}`).to.equal(ScsiStatus.GOOD);
-}
-
 describe('rbd handler on a real Ceph cluster', function () {
   this.timeout(120000);
   let ceph: CephCluster;
-  let sup: Supervisor;
-  const backends: SimulatedBackend[] = [];
+  const luns = new LunHarness('RBD_DEBUG');
   let images = 0;
 
   before(async function () {
@@ -37,14 +33,6 @@ describe('rbd handler on a real Ceph cluster', function () {
   after(async () => {
     await ceph?.stop();
   });
-  beforeEach(() => {
-    sup = new Supervisor({ log: (l, d, m) => { if (process.env.RBD_DEBUG) console.log(Date.now() % 100000, l, d, m); } });
-  });
-  afterEach(async () => {
-    await sup.stop();
-    for (const b of backends.splice(0)) await b.close();
-  });
-
   function newImage(size = 64 * MiB): string {
     const name = `img${++images}`;
     ceph.createImage(name, size);
@@ -53,17 +41,11 @@ describe('rbd handler on a real Ceph cluster', function () {
   const cfg = (image: string, extra = ''): string => `${ceph.pool}/${image};conf=${ceph.confPath}${extra}`;
 
   /** A LUN on `image` served by a device worker behind a simulated kernel. */
-  async function lun(image: string, opts: { numLbas?: number; extra?: string; maxDataAreaMb?: number } = {}): Promise<{ ini: Initiator; name: string }> {
-    const b = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: opts.maxDataAreaMb ?? 16, cmdTimeOutSec: 60 });
-    backends.push(b);
-    const name = `rbd-${image}-${backends.length}`;
-    const spec: DeviceSpec = {
-      name, subtype: 'rbd', cfgstring: cfg(image, opts.extra), handlerSpec: 'rbd', blockSize: BS,
+  function lun(image: string, opts: { numLbas?: number; extra?: string; maxDataAreaMb?: number } = {}) {
+    return luns.lun((n) => `rbd-${image}-${n}`, {
+      subtype: 'rbd', cfgstring: cfg(image, opts.extra), handlerSpec: 'rbd', blockSize: BS,
       numLbas: opts.numLbas ?? (64 * MiB) / BS, maxXferBlocks: 2048, writeCache: false,
-      serial: `serial-${name}`, wwn: `wwn-${name}`, ring: b.endpoint,
-    };
-    await sup.addDevice(spec, b);
-    return { ini: new Initiator(b.sim, { blockSize: BS }), name };
+    }, opts.maxDataAreaMb);
   }
 
   /** The whole image through the rbd CLI: what any other Ceph client would read. */
@@ -121,7 +103,7 @@ describe('rbd handler on a real Ceph cluster', function () {
         err = e;
       }
       expect(String(err)).to.match(/is 8388608 bytes but the device is 16777216/);
-      expect(sup.devices.size).to.equal(0);
+      expect(luns.sup.devices.size).to.equal(0);
     });
   });
 
@@ -130,26 +112,7 @@ describe('rbd handler on a real Ceph cluster', function () {
       const image = newImage();
       const { ini } = await lun(image);
       const model = new Uint8Array(64 * MiB);
-      const r = rng(1313);
-      for (let round = 0; round < 12; round++) {
-        // A batch of non-overlapping writes in flight together.
-        const batch: Promise<ScsiResponse>[] = [];
-        let lba = randInt(r, 0, 1024);
-        for (let i = 0; i < 8; i++) {
-          const blocks = randInt(r, 1, 2048);
-          if ((lba + blocks) * BS > model.length) break;
-          const data = randomBytes(r, blocks * BS);
-          model.set(data, lba * BS);
-          batch.push(ini.write(lba, data));
-          lba += blocks + randInt(r, 0, 4096);
-        }
-        for (const w of await Promise.all(batch)) expectGood(w, 'write');
-      }
-      for (let lba = 0; lba < model.length / BS; lba += 2048) {
-        const rd = await ini.read(lba, 2048);
-        expectGood(rd, 'read');
-        expect(Buffer.compare(rd.data, model.subarray(lba * BS, (lba + 2048) * BS)), `read at LBA ${lba}`).to.equal(0);
-      }
+      await randomWritesReadBack(ini, model, rng(1313), BS, { rounds: 12, perRound: 8, maxGap: 4096 });
       expectGood(await ini.synchronizeCache(), 'SYNCHRONIZE CACHE');
       expect(Buffer.compare(exportImage(image), model), 'rbd export equals what was written').to.equal(0);
     });
@@ -233,8 +196,8 @@ describe('rbd handler on a real Ceph cluster', function () {
       const image = newImage(8 * MiB);
       const { ini, name } = await lun(image, { numLbas: (8 * MiB) / BS });
       ceph.rbd(['resize', '--size', '16M', `${ceph.pool}/${image}`]);
-      expect(await sup.reconfigure(name, { numLbas: (32 * MiB) / BS })).to.not.equal(0);
-      expect(await sup.reconfigure(name, { numLbas: (16 * MiB) / BS })).to.equal(0);
+      expect(await luns.sup.reconfigure(name, { numLbas: (32 * MiB) / BS })).to.not.equal(0);
+      expect(await luns.sup.reconfigure(name, { numLbas: (16 * MiB) / BS })).to.equal(0);
       const data = new Uint8Array(BS).fill(9);
       // The first command after a capacity change reports it (unit attention), then the new LBAs work.
       await ini.testUnitReady();
@@ -331,55 +294,10 @@ describe('rbd handler on a real Ceph cluster', function () {
     });
   });
   describe('two gateway daemons on one image (ALUA implicit failover)', () => {
-    class Gateway extends SharedGateway {
-      constructor(name: string, image: string) {
-        super(name, cfg(image), (16 * MiB) / BS, 'rbd');
-      }
-    }
-
     it('A is killed -9, the initiator moves to B, B takes the lock and every write A acknowledged is there; A restarted writes only after taking the lock back', async () => {
       const image = newImage(16 * MiB);
-      const block = (v: number) => new Uint8Array(BS).fill(v);
-      const acked = new Map<number, number>();
-      let a = new Gateway('gwA', image);
-      const b = new Gateway('gwB', image);
-      try {
-        await Promise.all([a.ready(), b.ready()]);
-        // Through A: the first write takes the lock (BUSY meanwhile), the rest go straight through.
-        for (let lba = 0; lba < 32; lba++) {
-          const r = await a.until('write', lba, block(0xa0 + (lba % 16)));
-          expect(r.status, `write ${lba} through A`).to.equal(ScsiStatus.GOOD);
-          acked.set(lba, 0xa0 + (lba % 16));
-        }
-        await a.proc.kill('SIGKILL');
-        // Failover: B breaks the dead holder's lock (blocklisting it) and serves.
-        const first = await b.until('write', 32, block(0xb0));
-        expect(first.status).to.equal(ScsiStatus.GOOD);
-        expect(first.busy, 'B answered BUSY while it took the lock').to.be.greaterThan(0);
-        acked.set(32, 0xb0);
-        for (const [lba, v] of acked) {
-          const r = await b.until('read', lba);
-          expect(r.status).to.equal(ScsiStatus.GOOD);
-          expect(r.data![0], `LBA ${lba} acknowledged by ${lba < 32 ? 'A' : 'B'}`).to.equal(v);
-        }
-        // A comes back: its first write is not let through before it holds the lock.
-        a = new Gateway('gwA2', image);
-        await a.ready();
-        const before = exportImage(image)[40 * BS];
-        const early = await a.send('write', 40, block(0xa9));
-        expect(early.status, 'the restarted A does not write without the lock').to.equal(ScsiStatus.BUSY);
-        expect(exportImage(image)[40 * BS]).to.equal(before);
-        const later = await a.until('write', 40, block(0xa9));
-        expect(later.status).to.equal(ScsiStatus.GOOD);
-        // Now B is the fenced one: its next write is answered BUSY and does not land.
-        const fenced = await b.send('write', 41, block(0xbf));
-        expect(fenced.status, 'B fenced after A took the lock').to.equal(ScsiStatus.BUSY);
-        const img = exportImage(image);
-        expect([img[40 * BS], img[41 * BS]]).to.deep.equal([0xa9, 0]);
-      } finally {
-        await a.proc.kill('SIGKILL');
-        await b.proc.kill('SIGKILL');
-      }
+      // B breaks the dead holder's lock, blocklisting it.
+      await aluaFailover((name) => new Gateway(name, cfg(image), (16 * MiB) / BS, 'rbd'), (offset) => exportImage(image)[offset], BS);
     });
   });
 
@@ -396,8 +314,8 @@ describe('rbd handler on a real Ceph cluster', function () {
     it('commands in flight complete GOOD or fail BUSY, none is lost: every acknowledged write is on the image after the restart', async () => {
       durable.createImage('kill', 16 * MiB);
       const b = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 8, cmdTimeOutSec: 60 });
-      backends.push(b);
-      await sup.addDevice({
+      luns.backends.push(b);
+      await luns.sup.addDevice({
         name: 'rbd-kill', subtype: 'rbd', cfgstring: `${durable.pool}/kill;conf=${durable.confPath};osd_op_timeout=2`, handlerSpec: 'rbd',
         blockSize: BS, numLbas: (16 * MiB) / BS, maxXferBlocks: 1024, writeCache: false, serial: 'kill', wwn: 'kill', ring: b.endpoint,
       }, b);

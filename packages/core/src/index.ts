@@ -6,6 +6,7 @@
  */
 export * from './handler.js';
 export * from './handler-loader.js';
+export * from './prng.js';
 export * from './scsi/index.js';
 export * from './control/nlattr.js';
 export * from './control/netlink.js';

@@ -80,6 +80,7 @@ import {
   splitCfgstring,
   zeroBuffers,
   loadHandler,
+  mulberry32,
   type BlockIo,
   type Callout,
   type CompareAndWriteIo,
@@ -235,18 +236,6 @@ function builtin(subtype: string): Handler | undefined {
 }
 
 // ---------------------------------------------------------------- device
-
-/** mulberry32: small, fast, good enough for fault draws, reproducible from a 32-bit seed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** What the fault handler did so far, for tests and logs. */
 export interface FaultStats {

@@ -31,7 +31,6 @@
  */
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import {
   NO_LOCK_TAG, ScsiError, configError, configOk, copyFromBuffers, copyToBuffers, defineHandler, errnoError, isZero, parseOptions,
   writeSameViaWrite,
@@ -39,6 +38,7 @@ import {
   type LbaRange, type ReconfigChange,
 } from '@tcmu-ts/core';
 import { mapShared, type SharedMap } from '@tcmu-ts/ring';
+import { probeOnWorker } from './probe-worker.js';
 import { GlfsError, GlfsFile, GlfsVolume, MAX_IOVECS, NativeBuffer, type GlfsOp, type VolfileServer } from './libgfapi.js';
 
 export const GLUSTERD_PORT = 24007;
@@ -369,19 +369,7 @@ function lockError(e: unknown, what: string): Error {
 
 /** Run probeFile on a worker thread: glfs_init blocks until the server answers or gives up. */
 function probeOffThread(config: GlfsConfig): Promise<ConfigCheck> {
-  return new Promise((resolve) => {
-    const w = new Worker(new URL('./glfs-probe.js', import.meta.url), { workerData: { config } satisfies ProbeRequest });
-    let answered = false;
-    w.once('message', (r: ConfigCheck) => {
-      answered = true;
-      resolve(r);
-      void w.terminate();
-    });
-    w.once('error', (e) => resolve(configError(`cannot check the file: ${e.message}`)));
-    w.once('exit', (code) => {
-      if (!answered) resolve(configError(`cannot check the file: the probe exited with status ${code}`));
-    });
-  });
+  return probeOnWorker(new URL('./glfs-probe.js', import.meta.url), { config } satisfies ProbeRequest, 'the file', true);
 }
 
 export const glfsHandler = defineHandler({

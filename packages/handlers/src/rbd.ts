@@ -25,7 +25,6 @@
  */
 import { constants, hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { Worker } from 'node:worker_threads';
 import {
   NO_LOCK_TAG, ScsiError, compareAndWriteViaReadWrite, configError, configOk, copyFromBuffers, copyToBuffers, defineHandler,
   compareBuffers, errnoError, isZero, makeBlockIo, parseOptions,
@@ -33,6 +32,7 @@ import {
   type HandlerCompletions, type HandlerDevice, type HandlerLockState, type IoVec, type LbaRange, type ReconfigChange,
 } from '@tcmu-ts/core';
 import { mapShared, type SharedMap } from '@tcmu-ts/ring';
+import { probeOnWorker } from './probe-worker.js';
 import { CompletionPipe, NativeBuffer, RBD_FEATURE_EXCLUSIVE_LOCK, RadosCluster, RbdError, RbdImage, MAX_IOVECS } from './librbd.js';
 
 const { ETIMEDOUT, EROFS, EILSEQ, EINVAL, ENOENT } = constants.errno;
@@ -548,18 +548,7 @@ function safe<T>(fn: () => T, fallback: T): T {
 
 /** Run probeImage on a worker thread, so the caller's thread never waits on librados. */
 function probeOffThread(config: RbdConfig): Promise<ConfigCheck> {
-  return new Promise((resolve) => {
-    const w = new Worker(new URL('./rbd-probe.js', import.meta.url), { workerData: { config } satisfies ProbeRequest });
-    let answered = false;
-    w.once('message', (r: ConfigCheck) => {
-      answered = true;
-      resolve(r);
-    });
-    w.once('error', (e) => resolve(configError(`cannot check the image: ${e.message}`)));
-    w.once('exit', (code) => {
-      if (!answered) resolve(configError(`cannot check the image: the probe exited with status ${code}`));
-    });
-  });
+  return probeOnWorker(new URL('./rbd-probe.js', import.meta.url), { config } satisfies ProbeRequest, 'the image');
 }
 
 export const rbdHandler = defineHandler({

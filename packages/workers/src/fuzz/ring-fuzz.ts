@@ -29,7 +29,7 @@ import {
   CMD_ENTRY_SIZE, CmdReq, EntryHdr, EntryOp, Mailbox, MailboxFlag, TCMU_MAILBOX_VERSION, TmrEntry,
   alignUp, closeFd, cmdEntrySize, lenOp, mapShared, memfdCreate, readEvent, setNonBlocking, socketPair, type SharedMap,
 } from '@tcmu-ts/ring';
-import { makeHandlerDevice, type DeviceHandler } from '@tcmu-ts/core';
+import { makeHandlerDevice, mulberry32, type DeviceHandler } from '@tcmu-ts/core';
 import { ramHandler } from '@tcmu-ts/handlers';
 import { CounterWriter, createCounterBuffer } from '../counters.js';
 import type { DeviceSpec } from '../device-spec.js';
@@ -109,18 +109,6 @@ export interface FuzzReport {
   classes: Record<string, FuzzClassReport>;
 }
 
-/** mulberry32. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const BS = 512;
 const LBAS = 2048;
 const CMDR_OFF = Mailbox.SIZE;
@@ -167,7 +155,7 @@ class HoldingHandler implements DeviceHandler {
 
 export async function runRingFuzz(o: FuzzOptions): Promise<FuzzReport> {
   const seed = o.seed ?? ((Math.random() * 2 ** 32) >>> 0);
-  const rand = prng(seed);
+  const rand = mulberry32(seed);
   const ri = (n: number) => Math.floor(rand() * n);
   const memfd = memfdCreate('tcmu-ring-fuzz', MAP_SIZE);
   const map: SharedMap = mapShared(memfd, MAP_SIZE);
