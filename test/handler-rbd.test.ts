@@ -41,8 +41,9 @@ describe('rbd handler on a real Ceph cluster', function () {
   after(async () => {
     await ceph?.stop();
   });
+  const newSupervisor = (): Supervisor => new Supervisor({ log: (l, d, m) => { if (process.env.RBD_DEBUG) console.log(Date.now() % 100000, l, d, m); } });
   beforeEach(() => {
-    sup = new Supervisor({ log: (l, d, m) => { if (process.env.RBD_DEBUG) console.log(Date.now() % 100000, l, d, m); } });
+    sup = newSupervisor();
   });
   afterEach(async () => {
     await sup.stop();
@@ -335,8 +336,8 @@ describe('rbd handler on a real Ceph cluster', function () {
       const parent = newImage();
       const p = await lun(parent);
       expectGood(await p.ini.write(2 * OBJ, new Uint8Array(64 * BS).fill(0x77)));
-      await sup.stop();
-      sup = new Supervisor({ log: () => {} });
+      await sup.stop(); // the parent's LUN closed before it is snapshotted and cloned
+      sup = newSupervisor();
       ceph.rbd(['snap', 'create', `${ceph.pool}/${parent}@base`]);
       ceph.rbd(['snap', 'protect', `${ceph.pool}/${parent}@base`]);
       const child = `${parent}-clone`;
