@@ -51,6 +51,7 @@ interface Binding {
   rbd_aio_compare_and_write: Fn;
   rbd_is_exclusive_lock_owner: Fn; rbd_lock_acquire: Fn; rbd_lock_release: Fn; rbd_lock_get_owners: Fn;
   rbd_lock_get_owners_cleanup: Fn; rbd_lock_break: Fn; rbd_metadata_get: Fn; rbd_metadata_set: Fn;
+  rbd_diff_iterate2: Fn; diffCallback: ReturnType<typeof koffi.proto>;
   pipe2: Fn; read: Fn; close: Fn;
 }
 
@@ -71,6 +72,7 @@ function lib(): Binding {
     throw new ErrnoError('ENOPKG', `cannot load librbd (install the librbd1 package): ${e instanceof Error ? e.message : String(e)}`);
   }
   const libc = koffi.load('libc.so.6');
+  const diffCallback = koffi.proto('int rbd_diff_iterate_cb(uint64_t off, size_t len, int exists, void *arg)');
   binding = {
     rados_create: rados.func('int rados_create(_Out_ intptr_t *cluster, const char *id)'),
     rados_conf_read_file: rados.func('int rados_conf_read_file(intptr_t cluster, const char *path)'),
@@ -112,6 +114,8 @@ function lib(): Binding {
     rbd_lock_break: rbd.func('int rbd_lock_break(intptr_t image, int mode, const char *owner)'),
     rbd_metadata_get: rbd.func('int rbd_metadata_get(intptr_t image, const char *key, _Out_ uint8_t *value, _Inout_ size_t *len)'),
     rbd_metadata_set: rbd.func('int rbd_metadata_set(intptr_t image, const char *key, const char *value)'),
+    rbd_diff_iterate2: rbd.func('int rbd_diff_iterate2(intptr_t image, const char *fromsnapname, uint64_t ofs, uint64_t len, uint8_t include_parent, uint8_t whole_object, rbd_diff_iterate_cb *cb, intptr_t arg)'),
+    diffCallback,
     pipe2: libc.func('int pipe2(_Out_ int *fds, int flags)'),
     read: libc.func('long read(int fd, _Out_ uint8_t *buf, size_t count)'),
     close: libc.func('int close(int fd)'),
@@ -246,6 +250,13 @@ export class RadosCluster {
 export interface ImageInfo {
   size: number;
   objectSize: number;
+}
+
+/** One extent rbd_diff_iterate2 reported, in bytes of the image. */
+export interface DiffExtent {
+  offset: number;
+  length: number;
+  exists: boolean;
 }
 
 /** Who holds an image's exclusive lock, as rbd_lock_get_owners names them (the client's address, "127.0.0.1:0/<nonce>"). */
@@ -557,6 +568,40 @@ export class RbdImage {
     check(`rbd_metadata_set(${key})`, lib().rbd_metadata_set(this.handle, key, value));
   }
 
+  // ------------------------------------------------------------ allocation
+
+  /** The registered diff callback (one per image, made on first use) and where it puts what it is given. */
+  private diffCb: bigint | undefined;
+  private diffOut: DiffExtent[] | undefined;
+
+  /**
+   * rbd_diff_iterate2 from the image's creation (no from-snapshot) over
+   * [offset, offset + length): the extents librbd reports, with `exists`
+   * false for a hole (an object gone since a snapshot). A clone's parent
+   * data counts as there (include_parent). Synchronous: librbd first
+   * flushes (waits for the IO in flight), then lists each object of the
+   * range (one OSD op per object unless `wholeObject` and the image has
+   * fast-diff, which reads the object map once). librbd 16 runs the
+   * callback on the calling thread (its OrderedThrottle completes the
+   * per-object contexts from start_op/wait_for_ret), which is what makes a
+   * koffi callback safe here.
+   */
+  diff(offset: number, length: number, wholeObject: boolean): DiffExtent[] {
+    const b = lib();
+    this.diffCb ??= koffi.register((off: number | bigint, len: number | bigint, exists: number): number => {
+      this.diffOut?.push({ offset: Number(off), length: Number(len), exists: exists !== 0 });
+      return 0;
+    }, koffi.pointer(b.diffCallback));
+    const out: DiffExtent[] = [];
+    this.diffOut = out;
+    try {
+      check('rbd_diff_iterate2', b.rbd_diff_iterate2(this.handle, null, offset, length, 1, wholeObject ? 1 : 0, this.diffCb, 0));
+    } finally {
+      this.diffOut = undefined;
+    }
+    return out;
+  }
+
   /** Close the image; calls still in flight are waited for by librbd. */
   close(): void {
     if (!this.handle) return;
@@ -568,6 +613,8 @@ export class RbdImage {
       this.watcher!.destroy();
       b.close(this.notify.writeFd);
     }
+    if (this.diffCb !== undefined) koffi.unregister(this.diffCb);
+    this.diffCb = undefined;
     koffi.free(this.arena);
     for (const a of this.retired) koffi.free(a);
     this.retired.length = 0;

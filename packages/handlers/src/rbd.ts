@@ -20,16 +20,18 @@
  * Callouts (all on the device's worker thread): read, write, flush, unmap
  * (write_zeroes, which unlike discard also zeroes partial objects),
  * writeSame, compareAndWrite (librbd's own for one 512-byte sector, else
- * read+compare+write while the engine holds the range), reconfig (size
+ * read+compare+write while the engine holds the range), lbaStatus (GET LBA
+ * STATUS, from rbd_diff_iterate2), reconfig (size
  * must match the image), lock API (when the image has exclusive-lock).
  */
 import { constants, hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import {
   NO_LOCK_TAG, ScsiError, compareAndWriteViaReadWrite, configError, configOk, copyFromBuffers, copyToBuffers, defineHandler,
-  compareBuffers, errnoError, isZero, makeBlockIo, parseOptions,
+  compareBuffers, errnoError, isZero, makeBlockIo, mergeExtents, parseOptions,
   type BlockIo, type CompareAndWriteIo, type CompareResult, type ConfigCheck, type DeviceHandler, type DeviceLimits,
-  type HandlerCompletions, type HandlerDevice, type HandlerLockState, type IoVec, type LbaRange, type ReconfigChange,
+  type HandlerCompletions, type HandlerDevice, type HandlerLockState, type IoVec, type LbaProvisioning, type LbaRange,
+  type LbaStatusExtent, type ReconfigChange,
 } from '@tcmu-ts/core';
 import { mapShared, type SharedMap } from '@tcmu-ts/ring';
 import { probeOnWorker } from './probe-worker.js';
@@ -42,6 +44,12 @@ const LOCK_TAG_KEY = 'tcmu_rbd_locker_tag';
 /** How long probeConfig and a reconnect may wait for the monitors (librados' own default is 300 s). */
 const CONNECT_TIMEOUT_S = '15';
 const RECONNECT_EVERY_MS = 1000;
+/**
+ * Objects one GET LBA STATUS lists at most (1 GiB of 4 MiB objects): librbd
+ * sends one OSD op per object and the device thread waits for all of them;
+ * the initiator asks again from where the answer ends.
+ */
+export const LBA_STATUS_MAX_OBJECTS = 256;
 
 export interface RbdConfig {
   pool: string;
@@ -280,6 +288,48 @@ class RbdDevice implements DeviceHandler {
     const current = new Uint8Array(io.length);
     await this.read(makeBlockIo({ lba: io.lba, blocks: io.blocks, blockSize: this.dev.blockSize, buffers: [current] }));
     return { ok: false, offset: Math.max(0, compareBuffers(io.compare, current)) };
+  }
+
+  /**
+   * GET LBA STATUS from rbd_diff_iterate2 since the image's creation: what
+   * librbd reports existing is mapped, the rest deallocated (a missing
+   * object reads zeros; a clone's parent data counts as existing). librbd
+   * reports per object, from the object's start to the end of its data
+   * (RADOS does not list holes inside an object), so a write anywhere maps
+   * its object up to there; UNMAP of whole objects removes them (write
+   * zeroes), deallocating them again. At most LBA_STATUS_MAX_OBJECTS
+   * objects a call, ending on an object boundary.
+   */
+  lbaStatus(lba: number, blocks: number, maxExtents: number): readonly LbaStatusExtent[] {
+    let refused: Error | undefined;
+    if (!this.usable((e) => { refused = e; })) throw refused!;
+    const bs = this.dev.blockSize;
+    const os = this.objectSize();
+    const start = lba * bs;
+    const capEnd = (Math.floor(start / os) + LBA_STATUS_MAX_OBJECTS) * os;
+    const end = Math.min((lba + blocks) * bs, Math.max(start + bs, Math.floor(capEnd / bs) * bs));
+    let reported;
+    try {
+      reported = this.image.diff(start, end - start, false);
+    } catch (e) {
+      throw e instanceof RbdError ? this.failure(e.rc, 'get lba status') : e;
+    }
+    // In offset order (a striped image reports per object, not per offset); a partly covered block is mapped.
+    const mapped = reported.filter((d) => d.exists && d.length > 0).sort((a, b) => a.offset - b.offset);
+    const endLba = end / bs;
+    function* runs(): Generator<[number, number, LbaProvisioning]> {
+      let at = lba;
+      for (const d of mapped) {
+        const first = Math.max(at, Math.floor(d.offset / bs));
+        const last = Math.min(endLba, Math.ceil((d.offset + d.length) / bs));
+        if (last <= first) continue;
+        if (first > at) yield [at, first - at, 'deallocated'];
+        yield [first, last - first, 'mapped'];
+        at = last;
+      }
+      if (at < endLba) yield [at, endLba - at, 'deallocated'];
+    }
+    return mergeExtents(runs(), maxExtents);
   }
 
   async reconfig(change: ReconfigChange): Promise<void> {
