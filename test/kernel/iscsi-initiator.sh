@@ -443,8 +443,13 @@ fi
 t0=$EPOCHREALTIME
 if [ -n "$MPD" ]; then
   _no_map() { ! _mp_map; }
-  [ -n "$MPNAME" ] && { multipath -f "$MPNAME" 2>&1 | sed 's/^/  multipath -f: /'; }
-  tk_wait 20 _no_map; tk_eq "Z map flushed (multipath -f)" 0 $?
+  # "map in use" right after M's path changes (measured once: udev still probing the map
+  # multipathd had just reloaded): flush again until it goes, and say who held it
+  _flush() { multipath -f "$MPNAME" >/dev/null 2>&1; _no_map; }
+  if [ -n "$MPNAME" ]; then
+    _flush || { dmsetup info "$MPNAME" 2>&1 | grep -i 'open count' | sed 's/^/  map still in use: /'; ls "/sys/block/$(basename "$(readlink -f "/dev/mapper/$MPNAME")")/holders" 2>&1 | sed 's/^/  holders: /'; }
+  fi
+  tk_wait 30 _flush; tk_eq "Z map flushed (multipath -f)" 0 $?
   kill -TERM "$MPD" 2>/dev/null; wait "$MPD" 2>/dev/null
   _mp_map && { dmsetup remove "$MPNAME" 2>&1 | sed 's/^/  dmsetup remove: /'; }
 fi
