@@ -115,11 +115,16 @@ for n in tcfile tcram tcqcow tczbc tcfbo; do
   grep -q "\"name\": \"$n\"" "$SAVED" || continue
   tk_wait 30 _served_again $n; tk_eq "D $n served again after restoreconfig" 0 $?
 done
-# restoreconfig made the loopback target anew: a new SCSI host, so a new address. Its scan
-# found LUN 0 only (measured: LUN 1 was linked after the nexus made the host, and Linux
-# does not remap LUN assignments by itself), so rescan as an administrator would.
+# restoreconfig made the loopback target anew: a new SCSI host, so a new address. Only
+# LUN 0 came back by itself (measured: rtslib links the LUNs before it makes the nexus, so
+# tcm_loop's own scsi_add_device of LUN 1 had no nexus to send INQUIRY through, and the host
+# scan stops at LUN 0: "lun1 has a LUN larger than allowed by the host adapter"). Add the
+# missing ones by hand, as an administrator would (a wildcard rescan stops at LUN 0 too).
 read -r addr <"$CFG/loopback/$LOOP/tpgt_1/address" 2>/dev/null
-for h in /sys/class/scsi_host/host"${addr%%:*}"; do [ -w "$h/scan" ] && echo '- - -' >"$h/scan"; done
+for l in "$CFG/loopback/$LOOP/tpgt_1/lun"/lun_*; do
+  n=${l##*_}
+  [ -e "/sys/class/scsi_device/$addr:$n" ] || echo "scsi add-single-device ${addr//:/ } $n" >/proc/scsi/scsi
+done
 tk_wait 20 _disks; tk_eq "D the two loopback disks are back (${addr:-no address})" 0 $?
 for d in "${DISKS[@]}"; do
   got=$(dd if=/dev/$d bs=1M count=8 iflag=direct status=none | sha256sum | cut -c1-64)
