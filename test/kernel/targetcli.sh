@@ -117,13 +117,20 @@ for n in tcfile tcram tcqcow tczbc tcfbo; do
 done
 # restoreconfig made the loopback target anew: a new SCSI host, so a new address. Only
 # LUN 0 came back by itself (measured: rtslib links the LUNs before it makes the nexus, so
-# tcm_loop's own scsi_add_device of LUN 1 had no nexus to send INQUIRY through, and the host
-# scan stops at LUN 0: "lun1 has a LUN larger than allowed by the host adapter"). Add the
-# missing ones by hand, as an administrator would (a wildcard rescan stops at LUN 0 too).
+# tcm_loop's scsi_add_device of LUN 1 had no nexus to send INQUIRY through, and the host
+# scan stops at LUN 0: "lun1 has a LUN larger than allowed by the host adapter"; this
+# kernel has no /proc/scsi/scsi). Link such a LUN again, as an administrator would: with
+# the nexus there, tcm_loop adds the disk.
 read -r addr <"$CFG/loopback/$LOOP/tpgt_1/address" 2>/dev/null
 for l in "$CFG/loopback/$LOOP/tpgt_1/lun"/lun_*; do
   n=${l##*_}
-  [ -e "/sys/class/scsi_device/$addr:$n" ] || echo "scsi add-single-device ${addr//:/ } $n" >/proc/scsi/scsi
+  [ -e "/sys/class/scsi_device/$addr:$n" ] && continue
+  for link in "$l"/*; do
+    [ -L "$link" ] || continue
+    so=$(readlink -f "$link")
+    tk_log "D relinking LUN $n (${so##*/}): no SCSI device after restoreconfig"
+    rm "$link" && ln -s "$so" "$link"
+  done
 done
 tk_wait 20 _disks; tk_eq "D the two loopback disks are back (${addr:-no address})" 0 $?
 for d in "${DISKS[@]}"; do
