@@ -440,12 +440,16 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --glfs               instead: the glfs handler against direct gfapi IO on a test Gluster
                        volume (4 KiB random read and write, QD16; --repeat, --seconds):
                        results/glfs.json
+  --isolation          instead: LUN B's IOPS alone and while LUN A's handler throws,
+                       hangs, leaks or kills its worker, alternating (--repeat,
+                       --seconds, --only <regex of faults>): results/isolation.json
   -h, --help
 `;
 
 async function main(): Promise<number> {
   if (process.argv.includes('--rbd')) return (await import('./rbd-bench.js')).main(process.argv.slice(2));
   if (process.argv.includes('--glfs')) return (await import('./glfs-bench.js')).main(process.argv.slice(2));
+  if (process.argv.includes('--isolation')) return (await import('./isolation-bench.js')).main(process.argv.slice(2));
   const { values: a } = parseArgs({
     options: {
       quick: { type: 'boolean' }, name: { type: 'string' }, only: { type: 'string' }, consumers: { type: 'string' },

@@ -140,6 +140,11 @@ describe('engine end to end through the simulator', function () {
     const handlerPath = fileURLToPath(new URL('./fixtures/crashing-file-handler.js', import.meta.url));
     const dev = await sup.addDevice(spec('crashy', handlerPath, 'crashfile', join(dir, 'c.img'), b), b);
     const ini = new Initiator(b.sim, { blockSize: BS });
+    const calls: string[] = [];
+    for (const m of ['block', 'resetRing', 'unblock'] as const) {
+      const orig = b[m].bind(b);
+      b[m] = () => { calls.push(m); orig(); };
+    }
     const acked = await Promise.all(Array.from({ length: 40 }, (_, i) => ini.write(i * 4, pattern(i * 4, 4, 7 + i))));
     expect(acked.every((r) => r.ok)).to.equal(true);
     const firstThread = dev.worker!.threadId;
@@ -152,6 +157,9 @@ describe('engine end to end through the simulator', function () {
     for (const r of await inFlight) expect([ScsiStatus.GOOD, ScsiStatus.BUSY]).to.include(r.status);
     expect(dev.restarts).to.equal(1);
     expect(sup.workerRestarts).to.equal(1);
+    // The new worker starts on a reset ring, with the device blocked meanwhile.
+    expect(calls).to.deep.equal(['block', 'resetRing', 'unblock']);
+    expect(b.sim.counters()).to.include({ broken: false, blocked: false });
     expect(dev.worker!.threadId).to.not.equal(firstThread);
     expect(logs.some((l) => l.includes('deliberate crash'))).to.equal(true);
     const scratch = new Uint8Array(BS);

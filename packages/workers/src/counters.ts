@@ -34,8 +34,10 @@ export const Scalar = {
   HANDLER_ERRORS: 9,
   /** Errors by sense key 0..15. */
   SENSE_KEY_BASE: 10,
+  /** Commands that ran longer than tcmur_cmd_time_out (each counted once, when it passes the limit). */
+  CMD_TIME_OUT_EXCEEDED: 26,
 } as const;
-const SCALARS = Scalar.SENSE_KEY_BASE + 16;
+const SCALARS = Scalar.CMD_TIME_OUT_EXCEEDED + 1;
 const PER_CLASS = 4 + NB; // commands, bytes, errors, latencySum, buckets
 const CLASS_BASE = SCALARS;
 export const COUNTER_SLOTS = CLASS_BASE + PER_CLASS * OP_CLASSES.length;
@@ -64,6 +66,8 @@ export interface CounterSnapshot {
   kicks: number;
   wakeups: number;
   handlerErrors: number;
+  /** Commands that ran longer than tcmur_cmd_time_out. */
+  cmdTimeOutExceeded: number;
   errorsBySenseKey: number[];
   ops: Record<OpClass, ClassSnapshot>;
 }
@@ -157,6 +161,7 @@ export function readCounters(sab: SharedArrayBuffer): CounterSnapshot {
     kicks: copy[Scalar.KICKS],
     wakeups: copy[Scalar.WAKEUPS],
     handlerErrors: copy[Scalar.HANDLER_ERRORS],
+    cmdTimeOutExceeded: copy[Scalar.CMD_TIME_OUT_EXCEEDED],
     errorsBySenseKey: Array.from(copy.subarray(Scalar.SENSE_KEY_BASE, Scalar.SENSE_KEY_BASE + 16)),
     ops,
   };

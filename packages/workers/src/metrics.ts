@@ -205,6 +205,8 @@ export function createMetrics(sup: Supervisor, opts: MetricsOptions = {}): TcmuM
     }));
   perDevice('tcmu_timeouts_total', 'Commands the kernel failed because userspace did not answer within cmd_time_out.', 'counter',
     (d) => (d.sim ? d.sim.cmdTimeouts : d.c.timeouts));
+  perDevice('tcmu_cmd_time_out_exceeded_total', 'Commands that ran longer than the device\'s tcmur_cmd_time_out (dev_config option; each counted once, when it passes the limit, whether or not it completes later).', 'counter',
+    (d) => d.c.cmdTimeOutExceeded);
   perDevice('tcmu_malformed_entries_total', 'Ring entries that could not be parsed.', 'counter', (d) => d.c.malformedEntries);
   perDevice('tcmu_tmr_total', 'Task management entries seen on the ring.', 'counter', (d) => d.c.tmrSeen);
   perDevice('tcmu_kicks_total', 'Completion batches signalled to the kernel (one write to the UIO fd each).', 'counter', (d) => d.c.kicks);

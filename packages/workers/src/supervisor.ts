@@ -52,7 +52,18 @@ export interface SupervisorOptions {
   restartWindowMs?: number;
   /** Log every CDB (tcmu-runner's log level 5); costs a message per command. */
   logCdbs?: boolean;
+  /**
+   * JS heap limit of each device worker in MiB (its resourceLimits'
+   * maxOldGenerationSizeMb). A handler leaking JS objects then ends only its
+   * own worker (ERR_WORKER_OUT_OF_MEMORY), which is restarted like any other
+   * dead worker, instead of growing the process until the system kills it.
+   * ArrayBuffer memory lies outside the JS heap and is not bounded by this.
+   * Default 1024; 0: V8's default (several GiB per worker).
+   */
+  workerHeapMb?: number;
 }
+
+export const DEFAULT_WORKER_HEAP_MB = 1024;
 
 export class DeviceOpenError extends Error {
   constructor(readonly device: string, readonly reason: string, readonly errno: number) {
@@ -79,6 +90,7 @@ export class Supervisor extends EventEmitter {
   workerRestarts = 0;
   private nextReconfigId = 1;
   private logCdbs: boolean;
+  private readonly workerHeapMb: number;
   private readonly forwards = new Map<number, PeerForward>();
   private nextForwardId = 1;
   private readonly naaCache = new WeakMap<DeviceSpec, string>();
@@ -93,6 +105,7 @@ export class Supervisor extends EventEmitter {
     this.maxRestarts = opts.maxRestarts ?? 5;
     this.restartWindowMs = opts.restartWindowMs ?? 60_000;
     this.logCdbs = opts.logCdbs ?? false;
+    this.workerHeapMb = opts.workerHeapMb ?? DEFAULT_WORKER_HEAP_MB;
   }
 
   /**
@@ -227,7 +240,12 @@ export class Supervisor extends EventEmitter {
   private startWorker(dev: ManagedDevice, reopen: boolean): Promise<void> {
     const spec = { ...dev.spec, numLbas: dev.numLbas };
     const wakeFd = wakeFdCreate();
-    const worker = new Worker(WORKER_URL, { workerData: { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd }, stdout: false, stderr: false });
+    const worker = new Worker(WORKER_URL, {
+      workerData: { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd },
+      stdout: false,
+      stderr: false,
+      ...(this.workerHeapMb > 0 ? { resourceLimits: { maxOldGenerationSizeMb: this.workerHeapMb } } : {}),
+    });
     dev.worker = worker;
     this.wakeFds.set(worker, wakeFd);
     return new Promise<void>((resolve, reject) => {

@@ -397,9 +397,12 @@ export class DeviceEngine implements CommandSink {
       if (cmd.timedOut || now - cmd.start < tmo) continue;
       cmd.timedOut = true;
       this.timedOutCommands++;
+      this.o.counters.add(Scalar.CMD_TIME_OUT_EXCEEDED);
       const { lba, blocks } = lbaAndBlocks(cmd.cdb);
       this.o.log.info(`command ${id} SCSI CDB 0x${cmd.cdb[0].toString(16).padStart(2, '0')} at LBA ${lba} for ${blocks} blocks timed out (tcmur_cmd_time_out ${tmo / 1000} s)`);
     }
+    // A timer, not a drain: publish here, or a device with nothing else to do would never show the count.
+    if (!this.finished) this.o.counters.publish();
   }
 
   /**

@@ -1,0 +1,192 @@
+/**
+ * Issue 17, items 2 and 3 on the simulator: two LUNs of one supervisor, A
+ * misbehaving, B a plain ram LUN.
+ *
+ *  - A hangs (fault handler, hang=1): its commands time out in the simulated
+ *    kernel (cmd_time_out), A's engine sees the initiator's ABORT TASK and
+ *    LUN RESET, counts the commands past tcmur_cmd_time_out (/metrics), the
+ *    late completions are dropped once the hang is released, A serves again,
+ *    and B's commands keep completing at their usual pace meanwhile.
+ *  - A's worker dies (uncaught exception, process.exit, a JS heap leak up to
+ *    the worker's heap limit): A restarts on a reset ring and serves again;
+ *    B completes every command meanwhile.
+ *
+ * No timing is asserted tightly: B's rate during A's trouble must be at least
+ * a third of its rate before, and no B command may wait anywhere near
+ * cmd_time_out.
+ */
+import { expect } from 'chai';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import { Initiator, ScsiStatus, cdbRead16 } from '@tcmu-ts/ring';
+import { startMetricsServer } from '@tcmu-ts/workers/metrics';
+import type { CounterSnapshot, SimulatedBackend } from '@tcmu-ts/workers';
+import { LunHarness } from './fixtures/lun-tests.js';
+
+const BS = 512;
+const NUM_LBAS = 8192; // ram/4M
+const MISBEHAVING = fileURLToPath(new URL('./fixtures/misbehaving-handler.js', import.meta.url));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const lunSpec = (subtype: string, handlerSpec: string, cfgstring: string, cmdTimeOut?: number) => ({
+  subtype, handlerSpec, cfgstring, blockSize: BS, numLbas: NUM_LBAS, maxXferBlocks: 1024, writeCache: true,
+  ...(cmdTimeOut !== undefined ? { cmdTimeOut } : {}),
+});
+
+interface Window {
+  completed: number;
+  failed: number;
+  maxMs: number;
+  ratePerS: number;
+}
+
+/** `qd` 4 KiB reads and writes kept outstanding on `ini` until `until` resolves (or for `ms`). */
+async function closedLoop(ini: Initiator, qd: number, until: Promise<unknown> | number): Promise<Window> {
+  let stop = false;
+  const w = { completed: 0, failed: 0, maxMs: 0 };
+  const t0 = performance.now();
+  const data = new Uint8Array(8 * BS).fill(0x5a);
+  const lane = async (k: number) => {
+    for (let i = 0; !stop; i++) {
+      const lba = ((k * 997 + i * 61) % (NUM_LBAS / 8)) * 8;
+      const s = performance.now();
+      const r = i % 2 ? await ini.read(lba, 8) : await ini.write(lba, data);
+      w.maxMs = Math.max(w.maxMs, performance.now() - s);
+      if (r.status === ScsiStatus.GOOD) w.completed++;
+      else w.failed++;
+    }
+  };
+  const lanes = Array.from({ length: qd }, (_, k) => lane(k));
+  await (typeof until === 'number' ? sleep(until) : until);
+  stop = true;
+  await Promise.all(lanes);
+  return { ...w, ratePerS: w.completed / ((performance.now() - t0) / 1000) };
+}
+
+async function until<T>(read: () => T, ok: (v: T) => boolean, ms = 5000): Promise<T> {
+  const end = performance.now() + ms;
+  let v = read();
+  while (!ok(v) && performance.now() < end) {
+    await sleep(5);
+    v = read();
+  }
+  return v;
+}
+
+describe('isolation: one LUN misbehaving next to a healthy one', function () {
+  this.timeout(30000);
+  // A small heap per worker, so the leaking handler reaches it in a moment.
+  const h = new LunHarness('ISOLATION_DEBUG', { workerHeapMb: 48 });
+  const snap = (name: string): CounterSnapshot => h.sup.snapshot(name)!;
+
+  it('a hung LUN: kernel timeout, ABORT TASK and LUN RESET seen, late completions dropped, A serves again, B unaffected', async () => {
+    const KERNEL_TMO_MS = 800;
+    // tcmur_cmd_time_out 0.3 s (the engine counts commands past it), the kernel's cmd_time_out 0.8 s.
+    const a = await h.lun(() => 'lunA', lunSpec('fault', 'fault', 'ram/4M;hang=1', 0.3), 16, { cmdTimeOutMs: KERNEL_TMO_MS });
+    const b = await h.lun(() => 'lunB', lunSpec('ram', 'ram', '4M', 0.3));
+    const simA = a.backend.sim;
+
+    const baseline = await closedLoop(b.ini, 4, 600);
+    expect(baseline.failed).to.equal(0);
+    expect(baseline.completed).to.be.greaterThan(50);
+
+    // Two commands on A hang; the initiator aborts one, then resets the LUN.
+    const t1 = simA.start(cdbRead16(0, 1), { dataInLength: BS });
+    const t2 = simA.start(cdbRead16(1, 1), { dataInLength: BS });
+    const hangStart = performance.now();
+    const abort = simA.abortTask(t2);
+    const reset = simA.lunReset();
+    const during = await closedLoop(b.ini, 4, Promise.all([t1.result, t2.result]));
+    const r1 = await t1.result;
+    const r2 = await t2.result;
+    expect(performance.now() - hangStart).to.be.at.least(KERNEL_TMO_MS - 1);
+    for (const r of [r1, r2]) expect(r).to.include({ timedOut: true, failure: 'cmd-timeout', status: ScsiStatus.CHECK_CONDITION });
+    expect((await abort).notified).to.equal(true);
+    expect((await reset).cmdIds).to.have.length(2);
+    expect(simA.counters()).to.include({ cmdTimeouts: 2, tmrEntries: 2, lateCompletions: 0 });
+
+    // B: every command answered, none waited anywhere near the timeout, the pace kept.
+    expect(during.failed).to.equal(0);
+    expect(during.maxMs, `B's slowest command during A's hang (baseline ${baseline.maxMs.toFixed(1)} ms)`).to.be.below(KERNEL_TMO_MS / 2);
+    expect(during.ratePerS, `B's rate during A's hang vs ${baseline.ratePerS.toFixed(0)}/s before`).to.be.at.least(baseline.ratePerS / 3);
+    expect(b.backend.sim.counters().cmdTimeouts).to.equal(0);
+
+    // A's engine saw both TMRs and counted both commands past tcmur_cmd_time_out; B none.
+    const sa = await until(() => snap('lunA'), (s) => s.tmrSeen === 2 && s.cmdTimeOutExceeded === 2);
+    expect(sa).to.include({ tmrSeen: 2, cmdTimeOutExceeded: 2, inFlight: 2 });
+    expect(snap('lunB')).to.include({ tmrSeen: 0, cmdTimeOutExceeded: 0 });
+    expect(h.logs.some((l) => /lunA: task management ABORT_TASK for 1 command/.test(l))).to.equal(true);
+    expect(h.logs.some((l) => /lunA: task management LUN_RESET for 2 command/.test(l))).to.equal(true);
+
+    // The same through /metrics.
+    const m = await startMetricsServer(h.sup, { host: '127.0.0.1', port: 0 });
+    try {
+      const text = await (await fetch(m.url)).text();
+      const metric = (name: string, dev: string) => Number(new RegExp(`^${name}\\{device="${dev}"\\} (\\S+)$`, 'm').exec(text)?.[1]);
+      expect(metric('tcmu_cmd_time_out_exceeded_total', 'lunA')).to.equal(2);
+      expect(metric('tcmu_cmd_time_out_exceeded_total', 'lunB')).to.equal(0);
+      expect(metric('tcmu_timeouts_total', 'lunA')).to.equal(2);
+      expect(metric('tcmu_tmr_total', 'lunA')).to.equal(2);
+      expect(metric('tcmu_timeouts_total', 'lunB')).to.equal(0);
+    } finally {
+      await m.close();
+    }
+
+    // Swap the fault off at run time: the held commands run and complete late; the kernel drops both.
+    expect(await h.sup.reconfigure('lunA', { cfgstring: 'ram/4M' })).to.equal(0);
+    const c = await until(() => simA.counters(), (x) => x.lateCompletions === 2);
+    expect(c).to.include({ lateCompletions: 2, idsInUse: 0, inflight: 0 });
+    expect(h.logs.some((l) => /lunA: timed out command id \d+ completed after/.test(l))).to.equal(true);
+    // A serves new commands, on the same worker (no restart).
+    const data = new Uint8Array(BS).fill(0xa7);
+    expect((await a.ini.write(5, data)).status).to.equal(ScsiStatus.GOOD);
+    const back = await a.ini.read(5, 1);
+    expect(back.status).to.equal(ScsiStatus.GOOD);
+    expect(back.data[0]).to.equal(0xa7);
+    expect(h.sup.devices.get('lunA')!.restarts).to.equal(0);
+  });
+
+  for (const mode of ['crash', 'exit', 'leak'] as const) {
+    it(`a worker that dies (${mode}) restarts on a reset ring and serves again; B answers every command meanwhile`, async () => {
+      const a = await h.lun(() => 'lunA', lunSpec('misbehave', MISBEHAVING, `${mode}-once/4M`));
+      const b = await h.lun(() => 'lunB', lunSpec('ram', 'ram', '4M'));
+      let resets = 0;
+      const backendA: SimulatedBackend = a.backend;
+      const resetRing = backendA.resetRing.bind(backendA);
+      backendA.resetRing = () => { resets++; resetRing(); };
+      const devA = h.sup.devices.get('lunA')!;
+      const firstThread = devA.worker!.threadId;
+      const restarted = new Promise((r) => h.sup.once('device-restarted', r));
+
+      // A load on A that kills its worker (a leak takes a few hundred 64 KiB writes), B under load meanwhile.
+      let stopA = false;
+      const loadA = (async () => {
+        const big = new Uint8Array(128 * BS).fill(1);
+        let i = 0;
+        while (!stopA) {
+          const rs = await Promise.all(Array.from({ length: 4 }, () => a.ini.write((i++ % 60) * 128, big)));
+          // While A is blocked for its restart the kernel answers at once: let the event loop turn.
+          if (rs.some((r) => r.status !== ScsiStatus.GOOD)) await sleep(1);
+        }
+      })();
+      const during = await closedLoop(b.ini, 4, restarted);
+      stopA = true;
+      await loadA;
+
+      expect(during.failed).to.equal(0);
+      expect(during.completed).to.be.greaterThan(0);
+      expect(resets).to.equal(1);
+      expect(devA.restarts).to.equal(1);
+      expect(devA.state).to.equal('running');
+      expect(devA.worker!.threadId).to.not.equal(firstThread);
+      const why = { crash: /deliberate crash/, exit: /worker exited \(code 3\)/, leak: /ERR_WORKER_OUT_OF_MEMORY|out of memory/i }[mode];
+      expect(h.logs.some((l) => l.startsWith('error lunA') || l.startsWith('warn lunA') ? why.test(l) : false), `log: ${h.logs.join('\n')}`).to.equal(true);
+      expect(h.sup.devices.get('lunB')!.restarts).to.equal(0);
+      // A serves again (the "-once" modes misbehave only in the first worker), B still fine.
+      const data = new Uint8Array(BS).fill(0x3c);
+      expect((await a.ini.write(7, data)).status).to.equal(ScsiStatus.GOOD);
+      expect((await a.ini.read(7, 1)).data[0]).to.equal(0x3c);
+      expect((await b.ini.read(0, 8)).status).to.equal(ScsiStatus.GOOD);
+    });
+  }
+});
