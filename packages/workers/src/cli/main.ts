@@ -42,6 +42,14 @@ Simulated mode:
       --no-load           serve the simulated LUNs without the built-in load
 
 ${ADMIN_HELP}
+Exit status:
+  0   stopped by SIGTERM/SIGINT (or --help, --version)
+  1   could not start or serve (the log's last line says why); a simulated
+      run with errors or verify failures
+  2   bad command line
+  3   another TCMU daemon (tcmu-ts or tcmu-runner) serves this kernel: it
+      holds /run/tcmu.lock or has a /dev/uioN open; nothing was touched
+
 The last line of a simulated run is
   summary: <n> commands, <x> IOPS, <e> errors, <v> verify failures
 and the exit status is 1 when there were errors or verify failures.
