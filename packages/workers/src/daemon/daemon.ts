@@ -155,7 +155,7 @@ export class Daemon {
     for (const e of errors) this.o.logger.warn(`uio scan: ${e.uio}: ${e.error.message}`);
     for (const uio of devices) {
       if (this.served.has(uio.minor)) continue;
-      await this.adopt(uio, atStart);
+      await this.adopt(uio, atStart).catch((e) => this.o.logger.forDevice(uio.name.devName).error(`${uio.uio}: ${e instanceof Error ? e.message : String(e)}`));
     }
   }
 
@@ -209,7 +209,17 @@ export class Daemon {
       return -errno.EINVAL;
     }
     const configfs = TcmuConfigfsDevice.fromUio(uio.name, { root: this.o.root, io: this.o.configfsIo });
-    const attrs = await configfs.readAttributes();
+    let attrs;
+    try {
+      attrs = await configfs.readAttributes();
+      if (attrs.hwBlockSize <= 0 || attrs.devSize % attrs.hwBlockSize !== 0 || attrs.hwMaxSectors <= 0) {
+        throw Object.assign(new Error(`dev_size ${attrs.devSize}, hw_block_size ${attrs.hwBlockSize}, hw_max_sectors ${attrs.hwMaxSectors} do not make a device`), { errno: errno.EINVAL });
+      }
+    } catch (e) {
+      log.error(`${uio.uio}: cannot read its configfs attributes: ${e instanceof Error ? e.message : String(e)}; leaving it alone`);
+      const { errno: n, code } = e as { errno?: number; code?: string };
+      return -(typeof n === 'number' ? n : (code && (errno as Record<string, number>)[code]) || errno.EINVAL);
+    }
     const serial = (await configfs.readUnitSerial().catch(() => undefined)) ?? randomUUID();
     let endpoint = this.preopened.get(uio.minor);
     this.preopened.delete(uio.minor);
@@ -251,7 +261,7 @@ export class Daemon {
       backend.close();
       if (recover) await backend.unblock().catch(() => {});
       const err = e instanceof DeviceOpenError ? e.errno : errno.EIO;
-      log.error(`${uio.uio}: ${e instanceof Error ? e.message : String(e)}`);
+      log.error(`${uio.uio}: ${e instanceof DeviceOpenError ? `handler open failed: ${e.reason}` : e instanceof Error ? e.message : String(e)}`);
       return -err;
     }
     if (recover) await backend.unblock();
