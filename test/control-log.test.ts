@@ -149,6 +149,18 @@ describe('control/log: tcmu-runner style logger', () => {
     ]);
   });
 
+  it('a log dir it cannot make (under /proc, where a recursive mkdirSync never returns) is one error line, then stderr only', () => {
+    const err = new Capture();
+    const log = new Logger({ ...fixed, stderr: err, logDir: '/proc/no/such/dir' });
+    log.info('still here');
+    log.close();
+    expect(log.filePath).to.equal(null);
+    expect(err.lines.map((l) => l.slice(27))).to.deep.equal([
+      "[ERROR] could not set up log dir /proc/no/such/dir: ENOENT: no such file or directory, mkdir '/proc/no'; logging to stderr only\n",
+      '[INFO] still here\n',
+    ]);
+  });
+
   it('refuses a file name with a slash and nonsense sizes', () => {
     expect(() => new Logger({ fileName: 'a/b', stderr: false })).to.throw(RangeError);
     expect(() => new Logger({ maxBytes: 0, stderr: false })).to.throw(RangeError);

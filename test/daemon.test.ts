@@ -1,11 +1,14 @@
 import { expect } from 'chai';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { mkdirSync, symlinkSync } from 'node:fs';
 import { HandlerRegistry } from '@tcmu-ts/core';
 import { Logger } from '@tcmu-ts/core/host';
 import { Initiator, ScsiStatus, cdbModeSense6 } from '@tcmu-ts/ring';
-import { Daemon } from '@tcmu-ts/workers';
+import { AnotherDaemonError, Daemon, EXIT_ANOTHER_DAEMON } from '@tcmu-ts/workers';
+import { runDaemon } from '@tcmu-ts/workers/daemon/main';
 import { KernelStandIn } from './fixtures/kernel-standin.js';
 
 const ENOENT = 2;
@@ -30,14 +33,19 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function startDaemon(level = 4): Promise<Daemon> {
+  async function newDaemon(level = 4, extra: { lockFile?: string; out?: string[] } = {}): Promise<Daemon> {
     const registry = new HandlerRegistry();
     await registry.loadBuiltins();
-    const logger = new Logger({ level, stderr: { write: (l: string) => lines.push(l) } });
-    daemon = new Daemon({
+    const out = extra.out ?? lines;
+    const logger = new Logger({ level, stderr: { write: (l: string) => out.push(l) } });
+    return new Daemon({
       logger, registry, handlerSources: new Map(registry.list().map((h) => [h.subtype, h.subtype])),
-      root: k.root, configfsIo: k.configfsIo, openNetlink: k.openNetlink, openUio: k.openUio,
+      root: k.root, configfsIo: k.configfsIo, openNetlink: k.openNetlink, openUio: k.openUio, lockFile: extra.lockFile,
     });
+  }
+
+  async function startDaemon(level = 4): Promise<Daemon> {
+    daemon = await newDaemon(level);
     await daemon.start();
     return daemon;
   }
@@ -149,6 +157,104 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
     await ini.read(3, 1);
     await new Promise((r) => setTimeout(r, 50));
     expect(lines.slice(before).some((l) => l.includes('CDB 28'))).to.equal(false);
+  });
+
+  describe('one daemon per kernel', () => {
+    it('a second daemon finds the lock, names the holder and touches nothing; the first keeps every event', async () => {
+      const dev = k.addDevice({ name: 'one', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20 });
+      const first = await startDaemon();
+      const lockFile = join(k.root, 'run', 'tcmu.lock');
+      expect(readFileSync(lockFile, 'utf8').trim()).to.equal(String(process.pid));
+      expect(k.netlinkOpens).to.equal(1);
+      const listener = k.genl.listener;
+      const actions = [...dev.actions];
+      const second = await newDaemon(4, { out: [] });
+      const err = await second.start().then(() => undefined, (e: unknown) => e);
+      expect(err).to.be.instanceOf(AnotherDaemonError);
+      expect((err as AnotherDaemonError).exitCode).to.equal(EXIT_ANOTHER_DAEMON);
+      expect((err as Error).message).to.equal(`another tcmu-ts (pid ${process.pid}) is running: it holds ${lockFile}, and only one TCMU daemon may serve the kernel`);
+      // Nothing touched: no netlink (no SET_FEATURES, no multicast join), no UIO open, no configfs write.
+      expect(k.netlinkOpens).to.equal(1);
+      expect(k.genl.listener).to.equal(listener);
+      expect(dev.actions).to.deep.equal(actions);
+      // The first still gets (and answers) every event.
+      const before = first.netlinkEvents;
+      const a = await k.added({ name: 'two', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20 });
+      expect(a.done.status).to.equal(0);
+      expect((await k.reconfig(a.dev, { what: 'write_cache', writeCache: false })).status).to.equal(0);
+      expect(await k.removed(a.dev)).to.include({ status: 0 });
+      expect(first.netlinkEvents).to.equal(before + 3);
+      expect((await new Initiator(dev.sim).testUnitReady()).ok).to.equal(true);
+    });
+
+    it('the lock goes with the first daemon: a new one then starts and adopts the devices', async () => {
+      const dev = k.addDevice({ name: 'one', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20 });
+      const first = await startDaemon();
+      await first.stop();
+      daemon = undefined;
+      expect(k.opened.size).to.equal(0);
+      const next = await startDaemon();
+      expect(next.devices.size).to.equal(1);
+      expect((await new Initiator(dev.sim).testUnitReady()).ok).to.equal(true);
+    });
+
+    it('a device open in another process (EBUSY): refused before netlink, its ring left alone', async () => {
+      const dev = k.addDevice({ name: 'held', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20 });
+      await startDaemon();
+      const actions = [...dev.actions];
+      // A daemon that cannot see our lock (another mount namespace): the UIO open tells.
+      const other = await newDaemon(4, { lockFile: join(dir, 'elsewhere', 'tcmu.lock'), out: [] });
+      const err = await other.start().then(() => undefined, (e: unknown) => e);
+      expect(err).to.be.instanceOf(AnotherDaemonError);
+      expect((err as Error).message).to.equal('uio0 (held) is open in another process: another TCMU daemon serves this kernel');
+      expect(k.netlinkOpens).to.equal(1);
+      expect(dev.actions).to.deep.equal(actions);
+      // Its lock was given back.
+      const again = await newDaemon(4, { lockFile: join(dir, 'elsewhere', 'tcmu.lock'), out: [] });
+      expect(await again.start().then(() => 'started', (e: Error) => e.message)).to.match(/uio0 \(held\) is open/);
+    });
+
+    it('an ADDED device already open elsewhere is answered -EBUSY and left alone', async () => {
+      const d = await startDaemon();
+      const { dev, done } = await k.added({ name: 'taken', subtype: 'ram', cfgstring: '1M', sizeBytes: 1 << 20, openElsewhere: true });
+      expect(done.status).to.equal(-16);
+      expect(dev.actions).to.deep.equal([]);
+      expect(d.devices.size).to.equal(0);
+      expect(lines.some((l) => /taken: uio0: .*uio0 is open in another process: another TCMU daemon serves it; leaving it alone/.test(l)), lines.join('')).to.equal(true);
+    });
+
+    it('tcmu-runner holding /run/tcmu.lock is named: "tcmu-runner (pid N) is running"', async () => {
+      const lockFile = join(k.root, 'run', 'tcmu.lock');
+      mkdirSync(join(k.root, 'run'), { recursive: true });
+      const exe = join(dir, 'tcmu-runner');
+      symlinkSync(process.execPath, exe);
+      const child = spawn(exe, [new URL('./fixtures/fake-tcmu-runner.js', import.meta.url).pathname, lockFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        const first = await new Promise<string>((resolve) => child.stdout!.once('data', (b: Buffer) => resolve(b.toString())));
+        expect(first.trim()).to.equal('locked');
+        const d = await newDaemon(4, { out: [] });
+        const err = await d.start().then(() => undefined, (e: unknown) => e);
+        expect(err).to.be.instanceOf(AnotherDaemonError);
+        expect((err as Error).message).to.equal(`tcmu-runner (pid ${child.pid}) is running: it holds ${lockFile}, and only one TCMU daemon may serve the kernel`);
+        expect(k.netlinkOpens).to.equal(0);
+      } finally {
+        child.kill();
+      }
+    });
+
+    it('runDaemon exits with status 3 and one log line when another daemon holds the lock', async () => {
+      await startDaemon();
+      const out: string[] = [];
+      const code = await runDaemon({
+        cli: { logDir: dir }, configPath: join(dir, 'tcmu.conf'), stderr: { write: (l: string) => out.push(l) },
+        daemonOptions: { root: k.root, configfsIo: k.configfsIo, openNetlink: k.openNetlink, openUio: k.openUio },
+      });
+      expect(code).to.equal(3);
+      const crit = out.filter((l) => /CRIT/.test(l));
+      expect(crit).to.have.length(1);
+      expect(crit[0]).to.match(/another tcmu-ts \(pid \d+\) is running: it holds .*run\/tcmu.lock/);
+      expect(k.netlinkOpens).to.equal(1);
+    });
   });
 
   it('stops cleanly: commands on the ring are answered, handlers closed', async () => {

@@ -357,6 +357,8 @@ describe('DBus service org.kernel.TCMUService1 (private dbus-daemon, packaged po
     const err = await startDbusService({ registry: new HandlerRegistry(), busAddress: bus.address }).then(() => undefined, (e: unknown) => e as Error);
     expect(err).to.be.instanceOf(DbusServiceError);
     expect(err!.message).to.match(/org\.kernel\.TCMUService1 is already owned by :1\.\d+/);
+    // The owner's process, from GetConnectionUnixProcessID and /proc/<pid>/comm (here: this very process).
+    expect(err!.message).to.match(new RegExp(`: another tcmu-ts \\(pid ${process.pid}\\) is running$`));
   });
 });
 

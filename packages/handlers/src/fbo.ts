@@ -586,7 +586,17 @@ export const fboHandler: Handler = defineHandler({
     'A missing file is created at the device size; without a device size the file sets it.',
   checkConfig(cfgstring: string): ConfigCheck {
     const cfg = parseFboConfig(cfgstring);
-    return typeof cfg === 'string' ? configError(cfg) : configOk;
+    if (typeof cfg === 'string') return configError(cfg);
+    // The image is created at open when missing, so its directory must be there.
+    const dir = cfg.path.slice(0, cfg.path.lastIndexOf('/')) || '/';
+    try {
+      if (!fs.statSync(dir).isDirectory()) return configError(`"${dir}" is not a directory`);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      return configError(code === 'ENOENT' ? `directory "${dir}" does not exist` : `cannot use directory "${dir}": ${code ?? String(e)}`);
+    }
+    if (fs.existsSync(cfg.path) && fs.statSync(cfg.path).isDirectory()) return configError(`"${cfg.path}" is a directory, not an image file`);
+    return configOk;
   },
   open: (dev) => openFbo(dev),
 });

@@ -6,5 +6,6 @@ export * from './demo/load.js';
 export * from './demo/verify-pattern.js';
 export * from './daemon/daemon.js';
 export * from './daemon/kernel-backend.js';
+export * from './daemon/exclusive.js';
 export * from './metrics.js';
 export * from './engine/serve-device.js';

@@ -297,6 +297,7 @@ export async function startMetricsServer(sup: Supervisor, opts: MetricsServerOpt
 export function parseMetricsAddress(s: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(s.trim());
   const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new RangeError(`metrics address '${s}': expected host:port, [v6]:port or :port`);
+  if (!m) throw new RangeError(`metrics address '${s}': expected host:port, [v6]:port or :port`);
+  if (port > 65535) throw new RangeError(`metrics address '${s}': port ${port} is not in 0..65535`);
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }

@@ -14,7 +14,7 @@
  * volume is small, and synchronous writes keep the last words of a crash.
  */
 import { openSync, writeSync, closeSync, fstatSync, renameSync, unlinkSync, mkdirSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { type LogLevelValue, type LogMethods, LogLevel, LOG_LEVEL_NAMES, clampLogLevel, formatLogLine } from '../control/log.js';
 
 export const DEFAULT_LOG_FILE = 'tcmu-ts.log';
@@ -65,7 +65,13 @@ export class Logger implements LogMethods {
     this.sink = opts.stderr === false ? null : opts.stderr === true || opts.stderr === undefined ? process.stderr : opts.stderr;
     this.clock = opts.clock ?? (() => new Date());
     this.pid = opts.pid ?? process.pid;
-    if (opts.logDir) this.openIn(opts.logDir);
+    if (opts.logDir) {
+      try {
+        this.openIn(opts.logDir);
+      } catch (e) {
+        this.error(`could not set up log dir ${opts.logDir}: ${(e as Error).message}; logging to stderr only`);
+      }
+    }
   }
 
   get level(): LogLevelValue {
@@ -177,7 +183,7 @@ export class Logger implements LogMethods {
   }
 
   private openIn(dir: string): void {
-    if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o755 });
+    if (!existsSync(dir)) mkdirs(dir);
     const path = join(dir, this.fileName);
     const fd = openSync(path, 'a', 0o600);
     this.fd = fd;
@@ -268,4 +274,14 @@ export class DeviceLogger implements LogMethods {
   enabled(level: number): boolean {
     return this.logger.enabled(level);
   }
+}
+
+/**
+ * mkdir -p, one level at a time: Node 20's mkdirSync({ recursive: true })
+ * never returns for a path under /proc (a log_dir there hung the daemon).
+ */
+function mkdirs(dir: string): void {
+  const parent = dirname(dir);
+  if (parent !== dir && !existsSync(parent)) mkdirs(parent);
+  mkdirSync(dir, { mode: 0o755 });
 }

@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseSize } from '@tcmu-ts/core/handler';
+import { HandlerRegistry, splitCfgstring } from '@tcmu-ts/core';
 import { naaDesignator } from '@tcmu-ts/core/scsi/inquiry';
 import {
   ConfigfsError,
@@ -218,6 +219,25 @@ function describe(ctx: Ctx, e: unknown): string {
   return (e as Error)?.message ?? String(e);
 }
 
+/** node:util parseArgs' messages, as one line in our words. */
+export function parseArgsMessage(e: Error & { code?: string }): string {
+  const opt = /'(?:-\w, )?(-[^' ]+)/.exec(e.message)?.[1];
+  switch (e.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${opt}`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return /argument missing/.test(e.message) ? `option ${opt} needs a value`
+        : /ambiguous/.test(e.message) ? `option ${opt} needs a value (for one that starts with '-', write ${opt}=<value>)`
+          : /does not take an argument/.test(e.message) ? `option ${opt} takes no value` : e.message.split('\n')[0];
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL': {
+      const arg = /'([^']*)'/.exec(e.message)?.[1] ?? '';
+      return `unknown command '${arg}' (commands: ${ADMIN_COMMANDS.join(', ')}; the daemon takes options only)`;
+    }
+    default:
+      return e.message.split('\n')[0];
+  }
+}
+
 type Parsed = { values: Record<string, string | boolean | undefined>; positionals: string[] };
 
 function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>): Parsed {
@@ -225,12 +245,7 @@ function parse(args: string[], options: NonNullable<ParseArgsConfig['options']>)
     const r = parseArgs({ args, options, allowPositionals: true, strict: true });
     return { values: r.values as Parsed['values'], positionals: r.positionals };
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
-      const m = /'([^']+)'/.exec(err.message);
-      throw new UsageError(`unknown option ${m ? m[1] : ''}`.trim());
-    }
-    throw new UsageError(err.message);
+    throw new UsageError(parseArgsMessage(e as Error));
   }
 }
 
@@ -408,6 +423,22 @@ async function isDir(p: string): Promise<boolean> {
   }
 }
 
+/**
+ * A built-in handler's own check of the config, before anything is written:
+ * the daemon runs on this host and would refuse it at enable, after the
+ * backstore directory was made. Subtypes we do not know (handler modules,
+ * handlers registered over DBus) are left to the daemon.
+ */
+async function checkHandlerConfig(devConfig: string): Promise<void> {
+  const { subtype, config } = splitCfgstring(devConfig);
+  const registry = new HandlerRegistry();
+  await registry.loadBuiltins();
+  const h = registry.get(subtype);
+  if (!h) return;
+  const check = h.checkConfig(config);
+  if (!check.ok) throw new AdminError(`${subtype} refuses config ${JSON.stringify(config)}: ${check.reason}`, 2);
+}
+
 // ---------------------------------------------------------------- create
 
 async function create(ctx: Ctx, argv: string[]): Promise<void> {
@@ -472,6 +503,7 @@ async function create(ctx: Ctx, argv: string[]): Promise<void> {
     throw e;
   }
 
+  await checkHandlerConfig(devConfig);
   await checkKernel(ctx, true);
   const label = `user_${hba}/${name}`;
   const devDir = userDeviceDir(hba, name, ctx.root);
@@ -673,6 +705,7 @@ async function reconfig(ctx: Ctx, argv: string[]): Promise<void> {
   const cfgBytes = Buffer.byteLength(devConfig);
   if (cfgBytes > TCMU_CONFIG_LEN - 1) throw new UsageError(`config is ${cfgBytes} bytes; the kernel takes at most ${TCMU_CONFIG_LEN - 1}`);
   const hbaGiven = hbaOption(values.hba as string | undefined);
+  await checkHandlerConfig(devConfig);
   await checkKernel(ctx, false);
   const hba = await findHba(ctx, name, hbaGiven);
   const dir = userDeviceDir(hba, name, ctx.root);

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runDemo } from '../demo/demo.js';
 import { runDaemon } from '../daemon/main.js';
-import { ADMIN_COMMANDS, ADMIN_HELP, runAdmin } from './admin.js';
+import { ADMIN_HELP, parseArgsMessage, runAdmin, ADMIN_COMMANDS } from './admin.js';
 import { startDbusService, DbusServiceError } from '../dbus/service.js';
 import { startMetricsServer, parseMetricsAddress } from '../metrics.js';
 
@@ -42,6 +42,14 @@ Simulated mode:
       --no-load           serve the simulated LUNs without the built-in load
 
 ${ADMIN_HELP}
+Exit status:
+  0   stopped by SIGTERM/SIGINT (or --help, --version)
+  1   could not start or serve (the log's last line says why); a simulated
+      run with errors or verify failures
+  2   bad command line
+  3   another TCMU daemon (tcmu-ts or tcmu-runner) serves this kernel: it
+      holds /run/tcmu.lock or has a /dev/uioN open; nothing was touched
+
 The last line of a simulated run is
   summary: <n> commands, <x> IOPS, <e> errors, <v> verify failures
 and the exit status is 1 when there were errors or verify failures.
@@ -52,12 +60,14 @@ function version(): string {
   return pkg.version;
 }
 
-function positive(name: string, v: string | undefined, dflt: number, max = Number.MAX_SAFE_INTEGER): number {
+class UsageError extends Error {}
+
+/** A number option in [min, max] (whole when `integer`), or the default. */
+function num(name: string, v: string | undefined, dflt: number, min: number, max: number, integer = true): number {
   if (v === undefined) return dflt;
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0 || n > max) {
-    process.stderr.write(`tcmu-ts: --${name} must be a number between 0 and ${max}, got '${v}'\n`);
-    process.exit(2);
+  if (v.trim() === '' || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+    throw new UsageError(`--${name} must be ${integer ? 'a whole number' : 'a number'} from ${min} to ${max}, got '${v}'`);
   }
   return n;
 }
@@ -92,7 +102,7 @@ async function main(): Promise<number> {
       allowPositionals: false,
     }).values;
   } catch (e) {
-    process.stderr.write(`tcmu-ts: ${(e as Error).message}\nTry 'tcmu-ts --help'.\n`);
+    process.stderr.write(`tcmu-ts: ${parseArgsMessage(e as Error)}\nTry 'tcmu-ts --help'.\n`);
     return 2;
   }
   if (args.help) {
@@ -111,6 +121,23 @@ async function main(): Promise<number> {
       process.stderr.write(`tcmu-ts: ${(e as Error).message}\n`);
       return 2;
     }
+  }
+  let demo;
+  try {
+    const ioBytes = num('io-size', args['io-size'], 4096, 512, 8 << 20);
+    if (ioBytes % 512 !== 0) throw new UsageError(`--io-size must be a multiple of 512, got '${args['io-size']}'`);
+    demo = {
+      durationS: args.duration === undefined ? undefined : num('duration', args.duration, 0, 0.001, 1e9, false),
+      queueDepth: num('queue-depth', args['queue-depth'], 16, 1, 1024),
+      ioBytes,
+      readPercent: num('read-percent', args['read-percent'], 50, 0, 100, false),
+      lunSizeMb: num('lun-size-mb', args['lun-size-mb'], 64, 1, 1 << 20),
+      load: !args['no-load'],
+    };
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`tcmu-ts: ${e.message}\nTry 'tcmu-ts --help'.\n`);
+    return 2;
   }
   const haveTcmu = existsSync('/sys/module/target_core_user');
   if (haveTcmu && !args.simulate && !args.demo) {
@@ -152,18 +179,8 @@ async function main(): Promise<number> {
     });
   }
   if (!haveTcmu) process.stderr.write('tcmu-ts: target_core_user is not loaded here: serving simulated LUNs (see --help)\n');
-  const ioSize = positive('io-size', args['io-size'], 4096, 8 << 20);
-  if (ioSize < 512 || ioSize % 512 !== 0) {
-    process.stderr.write(`tcmu-ts: --io-size must be a positive multiple of 512, got ${ioSize}\n`);
-    return 2;
-  }
   return runDemo({
-    durationS: args.duration === undefined ? undefined : positive('duration', args.duration, 0),
-    queueDepth: Math.max(1, Math.floor(positive('queue-depth', args['queue-depth'], 16, 1024))),
-    ioBytes: ioSize,
-    readPercent: positive('read-percent', args['read-percent'], 50, 100),
-    lunSizeMb: Math.max(1, Math.floor(positive('lun-size-mb', args['lun-size-mb'], 64, 1 << 20))),
-    load: !args['no-load'],
+    ...demo,
     metricsAddress,
   });
 }

@@ -8,6 +8,7 @@
  * ADDED would leave a device behind.
  */
 import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { probeConfig, splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
 import {
@@ -16,6 +17,7 @@ import {
 import { KernelBackend } from './kernel-backend.js';
 import { DeviceOpenError, Supervisor } from '../supervisor.js';
 import type { DeviceSpec, RingEndpoint } from '../device-spec.js';
+import { AnotherDaemonError, acquireDaemonLock, describeProcess, findOpener, type DaemonLock } from './exclusive.js';
 
 export interface DaemonOptions {
   logger: Logger;
@@ -30,7 +32,11 @@ export interface DaemonOptions {
   /** How to open a UIO device; /dev/uioN by default. */
   openUio?: (uio: UioDevice) => RingEndpoint & { close?(): void };
   supervisor?: Supervisor;
+  /** The lock only one TCMU daemon holds: tcmu-runner's /run/tcmu.lock (under root) by default. */
+  lockFile?: string;
 }
+
+type UioEndpoint = RingEndpoint & { close?(): void };
 
 interface Served {
   uio: UioDevice;
@@ -44,6 +50,9 @@ export class Daemon {
   readonly supervisor: Supervisor;
   private readonly served = new Map<number, Served>(); // by minor
   private netlink?: TcmuNetlink;
+  private lock?: DaemonLock;
+  /** UIO devices opened before netlink (to find another daemon first), handed to adopt(). */
+  private readonly preopened = new Map<number, UioEndpoint>();
   private queue: Promise<void> = Promise.resolve();
   private stopping = false;
   netlinkEvents = 0;
@@ -65,10 +74,55 @@ export class Daemon {
     return this.served;
   }
 
-  /** Open netlink first (so no event is missed), then adopt what the kernel already has. */
+  get lockFile(): string {
+    return this.o.lockFile ?? join(this.o.root ?? '/', 'run', 'tcmu.lock');
+  }
+
+  /**
+   * Make sure no other TCMU daemon serves this kernel, before touching
+   * anything: take the lock, then open every UIO device we would serve
+   * (EBUSY: another process serves it). Throws AnotherDaemonError.
+   */
+  private async exclusive(): Promise<void> {
+    this.lock = acquireDaemonLock(this.lockFile);
+    const { devices } = await scanUioDevices({ root: this.o.root });
+    const busy: string[] = [];
+    let pid: number | undefined;
+    for (const uio of devices) {
+      if (!this.o.registry.get(uio.name.subtype) || !this.o.handlerSources.has(uio.name.subtype)) continue;
+      try {
+        this.preopened.set(uio.minor, (this.o.openUio ?? KernelBackend.openUio)(uio));
+      } catch (e) {
+        if ((e as { errno?: number }).errno !== errno.EBUSY) continue; // adopt() says what is wrong with it
+        pid ??= findOpener(uio.devPath);
+        busy.push(`${uio.uio} (${uio.name.devName})`);
+      }
+    }
+    if (busy.length === 0) return;
+    const who = pid === undefined ? 'another process' : `${describeProcess(pid)} (pid ${pid})`;
+    throw new AnotherDaemonError(`${busy.join(', ')} ${busy.length === 1 ? 'is' : 'are'} open in ${who}: another TCMU daemon serves this kernel`, pid);
+  }
+
+  private releaseExclusive(): void {
+    for (const ep of this.preopened.values()) ep.close?.();
+    this.preopened.clear();
+    this.lock?.release();
+    this.lock = undefined;
+  }
+
+  /**
+   * Make sure we are the only TCMU daemon, open netlink (so no event is
+   * missed), then adopt what the kernel already has.
+   */
   async start(): Promise<void> {
     const log = this.o.logger;
-    this.netlink = await (this.o.openNetlink ?? (() => TcmuNetlink.open()))();
+    try {
+      await this.exclusive();
+      this.netlink = await (this.o.openNetlink ?? (() => TcmuNetlink.open()))();
+    } catch (e) {
+      this.releaseExclusive();
+      throw e;
+    }
     this.netlink.listen({
       onEvent: (ev) => this.enqueue(() => this.onEvent(ev)),
       onError: (e) => log.error(`netlink: ${e.message}`),
@@ -76,6 +130,8 @@ export class Daemon {
     });
     log.info(`netlink: TCM-USER family ${this.netlink.family.id}, ${this.netlink.kernCmdReply ? 'the kernel waits for our replies' : 'no reply support'}`);
     await this.enqueue(() => this.rescan(true));
+    for (const ep of this.preopened.values()) ep.close?.(); // devices gone since
+    this.preopened.clear();
   }
 
   /** SIGTERM: answer what is in flight, close handlers, leave the devices for the next daemon. */
@@ -84,6 +140,7 @@ export class Daemon {
     await this.queue;
     for (const minor of [...this.served.keys()]) await this.release(minor);
     await this.netlink?.close();
+    this.releaseExclusive();
   }
 
   private enqueue(job: () => Promise<void>): Promise<void> {
@@ -98,7 +155,7 @@ export class Daemon {
     for (const e of errors) this.o.logger.warn(`uio scan: ${e.uio}: ${e.error.message}`);
     for (const uio of devices) {
       if (this.served.has(uio.minor)) continue;
-      await this.adopt(uio, atStart);
+      await this.adopt(uio, atStart).catch((e) => this.o.logger.forDevice(uio.name.devName).error(`${uio.uio}: ${e instanceof Error ? e.message : String(e)}`));
     }
   }
 
@@ -152,14 +209,31 @@ export class Daemon {
       return -errno.EINVAL;
     }
     const configfs = TcmuConfigfsDevice.fromUio(uio.name, { root: this.o.root, io: this.o.configfsIo });
-    const attrs = await configfs.readAttributes();
-    const serial = (await configfs.readUnitSerial().catch(() => undefined)) ?? randomUUID();
-    let endpoint;
+    let attrs;
     try {
-      endpoint = (this.o.openUio ?? KernelBackend.openUio)(uio);
+      attrs = await configfs.readAttributes();
+      if (attrs.hwBlockSize <= 0 || attrs.devSize % attrs.hwBlockSize !== 0 || attrs.hwMaxSectors <= 0) {
+        throw Object.assign(new Error(`dev_size ${attrs.devSize}, hw_block_size ${attrs.hwBlockSize}, hw_max_sectors ${attrs.hwMaxSectors} do not make a device`), { errno: errno.EINVAL });
+      }
     } catch (e) {
-      log.error(`${uio.uio}: cannot open ${uio.devPath}: ${(e as Error).message}`);
-      return -(((e as { errno?: number }).errno) ?? errno.EIO);
+      log.error(`${uio.uio}: cannot read its configfs attributes: ${e instanceof Error ? e.message : String(e)}; leaving it alone`);
+      const { errno: n, code } = e as { errno?: number; code?: string };
+      return -(typeof n === 'number' ? n : (code && (errno as Record<string, number>)[code]) || errno.EINVAL);
+    }
+    const serial = (await configfs.readUnitSerial().catch(() => undefined)) ?? randomUUID();
+    let endpoint = this.preopened.get(uio.minor);
+    this.preopened.delete(uio.minor);
+    try {
+      endpoint ??= (this.o.openUio ?? KernelBackend.openUio)(uio);
+    } catch (e) {
+      const code = (e as { errno?: number }).errno ?? errno.EIO;
+      if (code === errno.EBUSY) {
+        const pid = findOpener(uio.devPath);
+        log.error(`${uio.uio}: ${uio.devPath} is open in ${pid === undefined ? 'another process' : `${describeProcess(pid)} (pid ${pid})`}: another TCMU daemon serves it; leaving it alone`);
+      } else {
+        log.error(`${uio.uio}: cannot open ${uio.devPath}: ${(e as Error).message}`);
+      }
+      return -code;
     }
     const backend = new KernelBackend(endpoint, configfs);
     const name = this.uniqueName(uio);
@@ -187,7 +261,7 @@ export class Daemon {
       backend.close();
       if (recover) await backend.unblock().catch(() => {});
       const err = e instanceof DeviceOpenError ? e.errno : errno.EIO;
-      log.error(`${uio.uio}: ${e instanceof Error ? e.message : String(e)}`);
+      log.error(`${uio.uio}: ${e instanceof DeviceOpenError ? `handler open failed: ${e.reason}` : e instanceof Error ? e.message : String(e)}`);
       return -err;
     }
     if (recover) await backend.unblock();

@@ -5,7 +5,8 @@
  */
 import { HandlerRegistry, TcmuNotLoadedError, formatConfIssue, type TcmuCliOptions } from '@tcmu-ts/core';
 import { Logger, TcmuConfWatcher } from '@tcmu-ts/core/host';
-import { Daemon } from './daemon.js';
+import { Daemon, type DaemonOptions } from './daemon.js';
+import { AnotherDaemonError } from './exclusive.js';
 
 export interface DaemonMainOptions {
   cli: TcmuCliOptions;
@@ -13,13 +14,16 @@ export interface DaemonMainOptions {
   /** tcmu.conf location; /etc/tcmu/tcmu.conf by default. */
   configPath?: string;
   /** Called once the daemon serves, with what the optional services need. */
+  /** Tests: a stand-in kernel (root, netlink, UIO) and where log lines go besides the log file. */
+  daemonOptions?: Partial<Omit<DaemonOptions, 'logger' | 'registry' | 'handlerSources'>>;
+  stderr?: { write(line: string): unknown };
   onStarted?: (daemon: Daemon, registry: HandlerRegistry, logger: Logger) => Promise<(() => Promise<void>) | void>;
 }
 
 export async function runDaemon(o: DaemonMainOptions): Promise<number> {
   const watcher = new TcmuConfWatcher({ path: o.configPath, cli: o.cli, env: process.env });
   const first = await watcher.start();
-  const logger = new Logger({ level: first.config.logLevel, logDir: first.config.logDir });
+  const logger = new Logger({ level: first.config.logLevel, logDir: first.config.logDir, ...(o.stderr ? { stderr: o.stderr } : {}) });
   for (const e of first.file.errors) logger.warn(formatConfIssue(e, first.file.path));
   for (const w of first.file.warnings) logger.warn(formatConfIssue(w, first.file.path));
   let daemon: Daemon | undefined;
@@ -42,15 +46,15 @@ export async function runDaemon(o: DaemonMainOptions): Promise<number> {
   }
   logger.info(`handlers: ${[...sources.keys()].join(', ')}`);
 
-  daemon = new Daemon({ logger, registry, handlerSources: sources });
+  daemon = new Daemon({ ...o.daemonOptions, logger, registry, handlerSources: sources });
   try {
     await daemon.start();
   } catch (e) {
-    if (e instanceof TcmuNotLoadedError) logger.crit(`${e.message}`);
+    if (e instanceof TcmuNotLoadedError || e instanceof AnotherDaemonError) logger.crit(`${e.message}`);
     else logger.crit(`cannot start: ${e instanceof Error ? e.message : String(e)}`);
     await watcher.close();
     logger.close();
-    return 1;
+    return e instanceof AnotherDaemonError ? e.exitCode : 1;
   }
   const stopServices = await o.onStarted?.(daemon, registry, logger);
   logger.info(`serving ${daemon.devices.size} device(s); SIGTERM stops, SIGHUP reloads ${watcher.path}`);

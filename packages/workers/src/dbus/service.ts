@@ -50,6 +50,7 @@ import dbus from 'dbus-next';
 import type { MessageBus, Message as DbusMessage } from 'dbus-next';
 import { probeConfig, type Handler, type HandlerRegistry } from '@tcmu-ts/core';
 import { ExternalDbusHandler, isExternalDbusHandler } from './external-handler.js';
+import { describeProcess } from '../daemon/exclusive.js';
 import {
   HANDLER_INTERFACE,
   MANAGER_INTERFACE,
@@ -288,9 +289,12 @@ class TcmuDbusService implements DbusService {
       try {
         owner = await this.getNameOwner(SERVICE_NAME) ?? owner;
       } catch { /* keep the generic wording */ }
-      throw new DbusServiceError(
-        `${SERVICE_NAME} is already owned by ${owner} on ${this.busAddress}: is tcmu-runner or another tcmu-ts running?`,
-      );
+      let who = 'is tcmu-runner or another tcmu-ts running?';
+      try {
+        const pid = (await this.busCall('GetConnectionUnixProcessID', 's', [owner])).body[0] as number;
+        who = `${describeProcess(pid)} (pid ${pid}) is running`;
+      } catch { /* keep the question */ }
+      throw new DbusServiceError(`${SERVICE_NAME} is already owned by ${owner} on ${this.busAddress}: ${who}`);
     }
     this.log('info', `owning ${SERVICE_NAME} as ${this.uniqueName} on ${this.busAddress}`);
   }
