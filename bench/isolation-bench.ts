@@ -40,12 +40,13 @@ import { Initiator, ScsiStatus } from '@tcmu-ts/ring';
 import { SimulatedBackend, Supervisor, type DeviceSpec } from '@tcmu-ts/workers';
 import { LoadDriver, prefill } from './lib/load.js';
 import { BENCH_DIR } from './lib/native.js';
+import { fileURLToPath } from 'node:url';
 
 const BLOCK = 512;
 const LUN_MB = 64;
 const NUM_LBAS = (LUN_MB << 20) / BLOCK;
 const HEAP_MB = 64;
-const MISBEHAVING = new URL('../../test/dist/fixtures/misbehaving-handler.js', import.meta.url).pathname;
+const MISBEHAVING = fileURLToPath(new URL('../../test/dist/fixtures/misbehaving-handler.js', import.meta.url));
 
 const FAULTS = ['throw', 'hang', 'leak', 'crash', 'exit'] as const;
 type Fault = (typeof FAULTS)[number];

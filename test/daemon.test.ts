@@ -10,6 +10,7 @@ import { Initiator, ScsiStatus, cdbModeSense6 } from '@tcmu-ts/ring';
 import { AnotherDaemonError, Daemon, EXIT_ANOTHER_DAEMON } from '@tcmu-ts/workers';
 import { runDaemon } from '@tcmu-ts/workers/daemon/main';
 import { KernelStandIn } from './fixtures/kernel-standin.js';
+import { fileURLToPath } from 'node:url';
 
 const ENOENT = 2;
 const EINVAL = 22;
@@ -228,7 +229,7 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
       mkdirSync(join(k.root, 'run'), { recursive: true });
       const exe = join(dir, 'tcmu-runner');
       symlinkSync(process.execPath, exe);
-      const child = spawn(exe, [new URL('./fixtures/fake-tcmu-runner.js', import.meta.url).pathname, lockFile], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const child = spawn(exe, [fileURLToPath(new URL('./fixtures/fake-tcmu-runner.js', import.meta.url)), lockFile], { stdio: ['ignore', 'pipe', 'inherit'] });
       try {
         const first = await new Promise<string>((resolve) => child.stdout!.once('data', (b: Buffer) => resolve(b.toString())));
         expect(first.trim()).to.equal('locked');

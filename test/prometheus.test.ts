@@ -12,8 +12,9 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { Child } from './fixtures/child.js';
 import { startPrometheus, prometheusBinary, PROMETHEUS_INSTALL_ADVICE, type PrometheusServer, type VectorSample } from './fixtures/prometheus.js';
+import { fileURLToPath } from 'node:url';
 
-const CLI = new URL('../../packages/workers/dist/cli/main.js', import.meta.url).pathname;
+const CLI = fileURLToPath(new URL('../../packages/workers/dist/cli/main.js', import.meta.url));
 const DASHBOARD = new URL('../../docs/grafana-dashboard.json', import.meta.url);
 const SCRAPE_INTERVAL_S = 1;
 
