@@ -43,7 +43,11 @@ const splitCells = (line: string) => line.slice(1, -1).split(/(?<!\\)\|/);
 function readRows(): { lines: string[]; rows: Row[] } {
   const lines = readFileSync(DOC, 'utf8').split('\n');
   const rows: Row[] = [];
+  // The table of the section "## What was tried" only: other sections have tables of their own.
+  let inSection = false;
   lines.forEach((l, i) => {
+    if (l.startsWith('## ')) inSection = l.trim() === '## What was tried';
+    if (!inSection) return;
     if (!l.startsWith('| ') || /^\| input \|/.test(l) || /^\|[-| ]+\|$/.test(l)) return;
     const c = splitCells(l);
     if (c.length !== 4) throw new Error(`RELIABILITY.md line ${i + 1}: expected 4 cells, got ${c.length}`);
