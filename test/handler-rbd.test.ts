@@ -365,7 +365,10 @@ describe('rbd handler on a real Ceph cluster', function () {
       // A write may still slip through before the signal stops the OSD; none may fail for good.
       for (const a of answers) expect([ScsiStatus.GOOD, ScsiStatus.BUSY], 'retryable, not an error the filesystem sees').to.include(a.status);
       expect(answers.some((a) => a.status === ScsiStatus.BUSY), 'commands to a stopped cluster time out').to.equal(true);
-      // The initiator retries; the handler reconnects and the writes go through.
+      // The initiator retries; the handler reconnects and the writes go through once the
+      // cluster answers again (under load the mon may have marked the stopped OSD down: it
+      // boots and peers first, which can outlast retryBusy's 20 s).
+      await ceph.waitAnswering();
       for (const lba of paused) if (!acked.has(lba)) expectGood((await retryBusy(() => write(lba))).r, `write ${lba} after the cluster came back`);
       const img = exportImage(image);
       for (const [lba, data] of acked) expect(Buffer.compare(img.subarray(lba * BS, lba * BS + data.length), data), `LBA ${lba}`).to.equal(0);
