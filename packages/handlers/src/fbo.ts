@@ -31,6 +31,8 @@ import * as fs from 'node:fs';
 import {
   Asc,
   ScsiError,
+  be16,
+  be32,
   SenseKey,
   configError,
   configOk,
@@ -38,6 +40,7 @@ import {
   defineHandler,
   flattenBuffers,
   requestSenseData,
+  sliceBuffers,
   type BlockIo,
   type ConfigCheck,
   type DeviceHandler,
@@ -56,8 +59,6 @@ import {
   MODE_PAGES,
   MmcOp,
   SUPPORTED_EVENT_CLASSES,
-  be16,
-  be32,
   gesnEvent,
   gesnNoEvent,
   getConfiguration,
@@ -202,18 +203,18 @@ export class FboDevice implements DeviceHandler {
   read(io: BlockIo): void {
     let done = 0;
     while (done < io.length) {
-      const bufs = done === 0 ? io.buffers : sliceFrom(io.buffers, done);
+      const bufs = done === 0 ? io.buffers : sliceBuffers(io.buffers, done);
       const n = fs.readvSync(this.fd, bufs, io.offset + done);
       if (n === 0) break;
       done += n;
     }
     // Past the end of a file shorter than the device: the disc reads as zeros there.
-    if (done < io.length) for (const b of sliceFrom(io.buffers, done)) b.fill(0);
+    if (done < io.length) for (const b of sliceBuffers(io.buffers, done)) b.fill(0);
   }
 
   write(io: BlockIo): void {
     let done = 0;
-    while (done < io.length) done += fs.writevSync(this.fd, done === 0 ? io.buffers : sliceFrom(io.buffers, done), io.offset + done);
+    while (done < io.length) done += fs.writevSync(this.fd, done === 0 ? io.buffers : sliceBuffers(io.buffers, done), io.offset + done);
     if (io.fua) fs.fdatasyncSync(this.fd);
   }
 
@@ -518,21 +519,6 @@ export class FboDevice implements DeviceHandler {
     }
     return GOOD;
   }
-}
-
-/** The buffers from byte `at` on (a short read or write goes on from there). */
-function sliceFrom(buffers: readonly Uint8Array[], at: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let skip = at;
-  for (const b of buffers) {
-    if (skip >= b.length) {
-      skip -= b.length;
-      continue;
-    }
-    out.push(skip ? b.subarray(skip) : b);
-    skip = 0;
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------- the handler

@@ -12,6 +12,8 @@
  * DVD-ROM (10h) when it is read only, with CD-ROM and CD-RW listed but never
  * current. Where tcmu-runner departs from MMC the comment says so.
  */
+import { be16, put16, put24, put32 } from '@tcmu-ts/core';
+
 
 /** MMC logical blocks are 2048 bytes, whatever the medium. */
 export const MMC_BLOCK_SIZE = 2048;
@@ -54,29 +56,6 @@ export interface DriveView {
 }
 
 // ---------------------------------------------------------------- bytes
-
-function put16(b: Uint8Array, off: number, v: number): void {
-  b[off] = (v >>> 8) & 0xff;
-  b[off + 1] = v & 0xff;
-}
-
-function put24(b: Uint8Array, off: number, v: number): void {
-  b[off] = (v >>> 16) & 0xff;
-  put16(b, off + 1, v);
-}
-
-function put32(b: Uint8Array, off: number, v: number): void {
-  put16(b, off, Math.floor(v / 0x10000) & 0xffff);
-  put16(b, off + 2, v & 0xffff);
-}
-
-export function be16(b: Uint8Array, off: number): number {
-  return (b[off] << 8) | b[off + 1];
-}
-
-export function be32(b: Uint8Array, off: number): number {
-  return ((b[off] << 24) >>> 0) + ((b[off + 1] << 16) | (b[off + 2] << 8) | b[off + 3]);
-}
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));

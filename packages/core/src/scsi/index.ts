@@ -10,5 +10,5 @@ export * from './alua.js';
 export * from './sbc.js';
 export * from './xcopy.js';
 export * from './planner.js';
-export { hexBytes } from './bytes.js';
+export { hexBytes, be16, be24, be32, put16, put24, put32 } from './bytes.js';
 export * from './supported-opcodes.js';
