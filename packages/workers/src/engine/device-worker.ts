@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { errnoNumber } from '@tcmu-ts/ring';
-import { loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
+import { errnoError, loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
 import { fromWire, toWire, type PeerLink } from './executor.js';
 import { CounterWriter } from '../counters.js';
 import type { DeviceEngine } from './device-engine.js';
@@ -138,7 +138,7 @@ async function reconfigure(m: Extract<SupervisorCommand, { type: 'reconfig' }>, 
   }
   if (m.cfgstring !== undefined) {
     // In place or not at all: a handler without reconfig() gets reopened by the supervisor.
-    if (!handler.reconfig) throw Object.assign(new Error('the handler cannot change its config in place'), { code: 'EOPNOTSUPP' });
+    if (!handler.reconfig) throw errnoError('EOPNOTSUPP', 'the handler cannot change its config in place');
     await handler.reconfig({ kind: 'config', cfgstring: m.cfgstring });
   }
 }
