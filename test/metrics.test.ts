@@ -2,8 +2,8 @@ import { expect } from 'chai';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cdbRead16 } from '@tcmu-ts/ring';
-import { Supervisor, SimulatedBackend, VerifyingLoad, LATENCY_BUCKETS_S, OP_CLASSES, type DeviceSpec } from '@tcmu-ts/workers';
+import { Initiator, KernelSimulator, ScsiStatus, cdbRead16 } from '@tcmu-ts/ring';
+import { Supervisor, SimulatedBackend, VerifyingLoad, LATENCY_BUCKETS_S, OP_CLASSES, type DeviceBackend, type DeviceSpec } from '@tcmu-ts/workers';
 import { startMetricsServer, createMetrics, parseMetricsAddress, type MetricsServer } from '@tcmu-ts/workers/metrics';
 
 // ---------------------------------------------------------------------------
@@ -462,5 +462,52 @@ describe('metrics endpoint', function () {
       err = e;
     }
     expect((err as { code?: string })?.code).to.equal('EADDRINUSE');
+  });
+});
+
+describe('ring and data-area gauges for a device whose kernel side /metrics cannot see', function () {
+  this.timeout(60000);
+
+  it('learns ring and data-area sizes from the worker\'s mapping and counts the data bytes of commands in flight', async () => {
+    // Not a SimulatedBackend: like a real kernel's device, only the worker's view of the ring is there to report.
+    const sim = new KernelSimulator({ name: 'plain', cmdRingSizeMb: 1, maxDataAreaMb: 8, cmdTimeOutSec: 120 });
+    const backend: DeviceBackend = { endpoint: sim.endpoint, block: () => sim.block(), unblock: () => sim.unblock(), resetRing: () => sim.resetRing(1) };
+    const sup = new Supervisor({ log: () => {} });
+    let server: MetricsServer | undefined;
+    try {
+      await sup.addDevice({
+        name: 'plain', subtype: 'fault', cfgstring: 'ram/4M;hang=1', handlerSpec: 'fault', blockSize: 512, numLbas: 8192,
+        maxXferBlocks: 2048, writeCache: true, serial: 's-plain', wwn: 'w-plain', ring: sim.endpoint,
+      }, backend);
+      server = await startMetricsServer(sup, { host: '127.0.0.1', port: 0 });
+      const scrape = async () => parseExposition(await (await fetch(server!.url)).text());
+      const init = new Initiator(sim, { blockSize: 512 });
+      // Every command hangs in the fault handler until its options change.
+      const held = [init.write(0, new Uint8Array(8 * 512).fill(1)), init.write(64, new Uint8Array(4 * 512).fill(2)), init.read(100, 16)];
+      let e = await scrape();
+      while (value(e, 'tcmu_in_flight_commands', { device: 'plain' }) !== 3) {
+        await new Promise((r) => setTimeout(r, 20)); // until the worker has published the three (it does so per drain)
+        e = await scrape();
+      }
+      expect(value(e, 'tcmu_ring_size_bytes', { device: 'plain' })).to.equal(sim.layout.cmdrSize);
+      expect(value(e, 'tcmu_data_area_bytes', { device: 'plain' })).to.equal(sim.layout.mapSize - sim.layout.cmdrOff - sim.layout.cmdrSize);
+      expect(value(e, 'tcmu_data_bytes_in_flight', { device: 'plain' })).to.equal((8 + 4 + 16) * 512);
+      expect(value(e, 'tcmu_ring_used_bytes', { device: 'plain' })).to.be.above(0);
+      // The kernel's own block count is not visible for such a device: no made-up figure.
+      expect(e.get('tcmu_data_blocks_used')?.samples.some((s) => s.labels.device === 'plain') ?? false).to.equal(false);
+
+      expect(await sup.reconfigure('plain', { cfgstring: 'ram/4M' })).to.equal(0);
+      for (const r of await Promise.all(held)) expect(r.status).to.equal(ScsiStatus.GOOD);
+      e = await scrape();
+      while (value(e, 'tcmu_in_flight_commands', { device: 'plain' }) !== 0) {
+        await new Promise((r) => setTimeout(r, 20));
+        e = await scrape();
+      }
+      expect(value(e, 'tcmu_data_bytes_in_flight', { device: 'plain' })).to.equal(0);
+    } finally {
+      await server?.close();
+      await sup.stop();
+      await sim.close();
+    }
   });
 });

@@ -36,8 +36,11 @@ export const Scalar = {
   SENSE_KEY_BASE: 10,
   /** Commands that ran longer than tcmur_cmd_time_out (each counted once, when it passes the limit). */
   CMD_TIME_OUT_EXCEEDED: 26,
+  /** The ring's geometry as the mailbox gives it, so /metrics can show usage as a fraction on every device. */
+  RING_SIZE: 27,
+  DATA_AREA_BYTES: 28,
 } as const;
-const SCALARS = Scalar.CMD_TIME_OUT_EXCEEDED + 1;
+const SCALARS = Scalar.DATA_AREA_BYTES + 1;
 const PER_CLASS = 4 + NB; // commands, bytes, errors, latencySum, buckets
 const CLASS_BASE = SCALARS;
 export const COUNTER_SLOTS = CLASS_BASE + PER_CLASS * OP_CLASSES.length;
@@ -58,7 +61,12 @@ export interface ClassSnapshot {
 export interface CounterSnapshot {
   inFlight: number;
   ringBytesUsed: number;
+  /** Bytes of the command ring (0 before the worker mapped it). */
+  ringSize: number;
+  /** Data-area bytes named by the iovecs of commands in flight. */
   dataBytesInFlight: number;
+  /** Bytes of the data area (0 before the worker mapped it). */
+  dataAreaBytes: number;
   qfullReplies: number;
   timeouts: number;
   malformedEntries: number;
@@ -153,7 +161,9 @@ export function readCounters(sab: SharedArrayBuffer): CounterSnapshot {
   return {
     inFlight: copy[Scalar.IN_FLIGHT],
     ringBytesUsed: copy[Scalar.RING_BYTES_USED],
+    ringSize: copy[Scalar.RING_SIZE],
     dataBytesInFlight: copy[Scalar.DATA_BYTES_IN_FLIGHT],
+    dataAreaBytes: copy[Scalar.DATA_AREA_BYTES],
     qfullReplies: copy[Scalar.QFULL_REPLIES],
     timeouts: copy[Scalar.TIMEOUTS],
     malformedEntries: copy[Scalar.MALFORMED_ENTRIES],

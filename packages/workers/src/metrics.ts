@@ -194,8 +194,10 @@ export function createMetrics(sup: Supervisor, opts: MetricsOptions = {}): TcmuM
       v > 0 || ALWAYS_SENSE_KEYS.has(key) ? [{ value: v, labels: { device: d.name, sense_key: SENSE_KEY_NAMES[key] } }] : [])));
   perDevice('tcmu_in_flight_commands', 'Commands read from the ring and not yet completed.', 'gauge', (d) => d.c.inFlight);
   perDevice('tcmu_ring_used_bytes', 'Command ring bytes between the mailbox tail and head.', 'gauge', (d) => d.c.ringBytesUsed);
-  perDevice('tcmu_ring_size_bytes', 'Command ring size (simulated devices).', 'gauge', (d) => d.sim?.ringSize);
-  perDevice('tcmu_data_blocks_used', 'Data area blocks held by commands (simulated devices).', 'gauge', (d) => d.sim?.dataBlocksUsed);
+  perDevice('tcmu_ring_size_bytes', 'Command ring size, from the mailbox the device worker mapped.', 'gauge', (d) => d.c.ringSize || d.sim?.ringSize);
+  perDevice('tcmu_data_area_bytes', 'Data area size (the map past the command ring).', 'gauge', (d) => d.c.dataAreaBytes || undefined);
+  perDevice('tcmu_data_bytes_in_flight', 'Data area bytes named by the iovecs of commands read from the ring and not yet completed.', 'gauge', (d) => d.c.dataBytesInFlight);
+  perDevice('tcmu_data_blocks_used', 'Data area blocks the kernel holds for commands, kept buffers included (simulated devices: the kernel\'s own count).', 'gauge', (d) => d.sim?.dataBlocksUsed);
   perDevice('tcmu_data_blocks', 'Data area blocks in total (simulated devices).', 'gauge', (d) => d.sim?.dataBlocksTotal);
   add('tcmu_qfull_total', 'Commands held back for want of resources: source="handler" are BUSY replies for a handler out of resources, source="kernel" are commands the kernel queued because the ring or data area was full (simulated devices).', 'counter', () =>
     devices().flatMap((d) => {

@@ -84,6 +84,8 @@ export class DeviceEngine implements CommandSink {
   /** drain() is running: it kicks once at its end for every completion written meanwhile. */
   private draining = false;
   private inFlight = 0;
+  /** Data-area bytes the iovecs of the commands in flight hold (the kernel frees their blocks at completion). */
+  private dataBytesInFlight = 0;
   private idleWaiters: (() => void)[] = [];
   private broken = false;
   /** run() has returned: the ring may be unmapped at any moment. */
@@ -119,6 +121,13 @@ export class DeviceEngine implements CommandSink {
       onAluaChange: o.onAluaChange,
       track: (job) => this.trackBackground(job),
     });
+    const c = o.counters;
+    c.set(Scalar.RING_SIZE, this.consumer.cmdrSize);
+    c.set(Scalar.DATA_AREA_BYTES, o.map.byteLength - this.consumer.cmdrOff - this.consumer.cmdrSize);
+    // A restarted worker starts with nothing in flight, whatever its predecessor last published.
+    c.set(Scalar.IN_FLIGHT, 0);
+    c.set(Scalar.DATA_BYTES_IN_FLIGHT, 0);
+    c.publish();
   }
 
   /** The handler reported a lost lock (HandlerDevice.notifyLockLost). */
@@ -313,6 +322,7 @@ export class DeviceEngine implements CommandSink {
     cmd.timedOut = false;
     cmd.start = performance.now();
     this.inFlight++;
+    this.dataBytesInFlight += cmd.dataLength;
     const iovs = cmd.iovecs;
     const bufs = cmd.buffers;
     if (bufs.length !== iovs.length) bufs.length = iovs.length;
@@ -373,6 +383,7 @@ export class DeviceEngine implements CommandSink {
       }
     }
     this.inFlight--;
+    this.dataBytesInFlight -= cmd.dataLength;
     this.free.push(cmd);
     this.completedSinceKick = true;
     // Inside a drain the kick comes at its end; later completions share a scheduled one.
@@ -423,6 +434,7 @@ export class DeviceEngine implements CommandSink {
     this.kickPending = false;
     const counters = this.o.counters;
     counters.set(Scalar.IN_FLIGHT, this.inFlight);
+    counters.set(Scalar.DATA_BYTES_IN_FLIGHT, this.dataBytesInFlight);
     counters.set(Scalar.RING_BYTES_USED, this.consumer.ringBytesUsed());
     if (owed) {
       counters.add(Scalar.KICKS);
