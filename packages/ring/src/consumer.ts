@@ -191,6 +191,11 @@ export class RingConsumer {
   }
 
   /** Ring bytes between the mailbox tail and head. */
+  /** The command with this id was read off the ring and not yet answered. */
+  isOutstanding(cmdId: number): boolean {
+    return this.outstanding[cmdId & 0xffff] === 1;
+  }
+
   ringBytesUsed(): number {
     return ringUsed(this.head(), this.tail(), this.cmdrSize);
   }

@@ -298,8 +298,15 @@ export class DeviceEngine implements CommandSink {
     this.o.counters.add(Scalar.TMR_SEEN);
     const name = Object.entries(TmrType).find(([, v]) => v === type)?.[0] ?? `type ${type}`;
     this.o.log.warn(`task management ${name} for ${ids.length} command(s): ${ids.join(',')}`);
-    for (const id of ids) this.aborted.add(id);
+    // The kernel may name a command we answered a moment ago (it has not seen the completion yet):
+    // only ids still ours are remembered, or the set would keep ids no completion ever removes.
+    for (const id of ids) if (this.consumer.isOutstanding(id)) this.aborted.add(id);
     if (RESET_TMRS.has(type)) this.exec.onReset();
+  }
+
+  /** Commands a TMR named that have not completed yet. */
+  get abortsPending(): number {
+    return this.aborted.size;
   }
 
   /** Records made so far: the deepest queue seen (tests check that they are reused). */
