@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { Worker } from 'node:worker_threads';
-import { memfdCreate, mapShared, closeFd, socketPair, setNonBlocking, writeEvent, readEvent, pollInSync, pollIn } from '@tcmu-ts/ring';
+import { errnoName, errnoNumber, memfdCreate, mapShared, closeFd, socketPair, setNonBlocking, writeEvent, readEvent, pollInSync, pollIn } from '@tcmu-ts/ring';
 
 describe('ring system layer (koffi libc)', () => {
   it('maps one memfd twice and both views see the same bytes', () => {
@@ -45,5 +45,20 @@ describe('ring system layer (koffi libc)', () => {
     writeEvent(a, 3);
     expect(readEvent(b)).to.equal(3);
     closeFd(a); closeFd(b);
+  });
+});
+
+describe('errno table', () => {
+  it('names every code both ways, the Linux ones Node leaves out (storage libraries return them) included', () => {
+    expect(errnoName(-5)).to.equal('EIO');
+    expect(errnoNumber('EIO')).to.equal(5);
+    expect(errnoName(11)).to.equal('EAGAIN'); // not EWOULDBLOCK: the name Linux tools print
+    // librados answers a blocklisted client -ESHUTDOWN; gfapi marks a lock-holding fd EBADFD after a brick loss.
+    for (const [name, n] of [['ESHUTDOWN', 108], ['EBADFD', 77], ['EREMOTEIO', 121], ['ENOMEDIUM', 123], ['EMEDIUMTYPE', 124]] as const) {
+      expect(errnoNumber(name), name).to.equal(n);
+      expect(errnoName(-n), name).to.equal(name);
+    }
+    expect(errnoNumber('ENOSUCH')).to.equal(undefined);
+    expect(errnoName(4095)).to.equal(undefined);
   });
 });

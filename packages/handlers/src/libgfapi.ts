@@ -31,16 +31,11 @@ import koffi from 'koffi';
 import { ErrnoError, type IoVec } from '@tcmu-ts/core';
 import { errnoName } from '@tcmu-ts/ring';
 
-/** Linux errnos gfapi gives that Node's table does not name. */
-const MORE_ERRNOS: Record<number, string> = { 77: 'EBADFD', 107: 'ENOTCONN', 108: 'ESHUTDOWN' };
-function nameOf(errno: number): string | undefined {
-  return errnoName(errno) ?? MORE_ERRNOS[errno];
-}
 
 /** A gfapi call failed: `code` is its errno name ('ENOTCONN', 'EBUSY', 'EBADFD', ...). */
 export class GlfsError extends ErrnoError {
   constructor(readonly call: string, readonly errno: number, detail = '') {
-    super(nameOf(errno) ?? 'EIO', `${call} failed: ${nameOf(errno) ?? `errno ${errno}`}${detail ? ` (${detail})` : ''}`);
+    super(errnoName(errno) ?? 'EIO', `${call} failed: ${errnoName(errno) ?? `errno ${errno}`}${detail ? ` (${detail})` : ''}`);
     this.name = 'GlfsError';
   }
 }

@@ -33,13 +33,13 @@ import {
   type HandlerCompletions, type HandlerDevice, type HandlerLockState, type IoVec, type LbaProvisioning, type LbaRange,
   type LbaStatusExtent, type ReconfigChange,
 } from '@tcmu-ts/core';
-import { mapShared, type SharedMap } from '@tcmu-ts/ring';
+import { errnoNumber, mapShared, type SharedMap } from '@tcmu-ts/ring';
 import { probeOnWorker } from './probe-worker.js';
 import { CompletionPipe, NativeBuffer, RBD_FEATURE_EXCLUSIVE_LOCK, RadosCluster, RbdError, RbdImage, MAX_IOVECS } from './librbd.js';
 
 const { ETIMEDOUT, EROFS, EILSEQ, EINVAL, ENOENT } = constants.errno;
-/** What a blocklisted client gets (Linux's ESHUTDOWN, which Node's os.constants.errno does not list). */
-const ESHUTDOWN = 108;
+/** What a blocklisted client gets. */
+const ESHUTDOWN = errnoNumber('ESHUTDOWN')!;
 const LOCK_TAG_KEY = 'tcmu_rbd_locker_tag';
 /** How long probeConfig and a reconnect may wait for the monitors (librados' own default is 300 s). */
 const CONNECT_TIMEOUT_S = '15';
