@@ -504,6 +504,44 @@ describe('ring and data-area gauges for a device whose kernel side /metrics cann
         e = await scrape();
       }
       expect(value(e, 'tcmu_data_bytes_in_flight', { device: 'plain' })).to.equal(0);
+      expect(value(e, 'tcmu_timeouts_total', { device: 'plain' })).to.equal(0);
+    } finally {
+      await server?.close();
+      await sup.stop();
+      await sim.close();
+    }
+  });
+});
+
+describe('kernel timeouts of a device whose kernel side /metrics cannot see', function () {
+  this.timeout(60000);
+
+  it('counts the commands held past the kernel\'s cmd_time_out, as many as the kernel failed', async () => {
+    const sim = new KernelSimulator({ name: 'slow', cmdRingSizeMb: 1, maxDataAreaMb: 8, cmdTimeOutSec: 1 });
+    const backend: DeviceBackend = { endpoint: sim.endpoint, block: () => sim.block(), unblock: () => sim.unblock(), resetRing: () => sim.resetRing(1) };
+    const sup = new Supervisor({ log: () => {} });
+    let server: MetricsServer | undefined;
+    try {
+      await sup.addDevice({
+        name: 'slow', subtype: 'fault', cfgstring: 'ram/4M;hang=1', handlerSpec: 'fault', blockSize: 512, numLbas: 8192,
+        maxXferBlocks: 2048, writeCache: true, serial: 's-slow', wwn: 'w-slow', ring: sim.endpoint, kernelCmdTimeOut: 1,
+      }, backend);
+      server = await startMetricsServer(sup, { host: '127.0.0.1', port: 0 });
+      const scrape = async () => parseExposition(await (await fetch(server!.url)).text());
+      const init = new Initiator(sim, { blockSize: 512 });
+      const failed = await Promise.all([init.write(0, new Uint8Array(512).fill(1)), init.read(8, 2)]);
+      for (const r of failed) expect(r.timedOut).to.equal(true);
+      expect(sim.counters().cmdTimeouts).to.equal(2);
+      let e = await scrape();
+      while (value(e, 'tcmu_timeouts_total', { device: 'slow' }) < 2) {
+        await new Promise((r) => setTimeout(r, 50)); // the worker scans its commands every 250 ms
+        e = await scrape();
+      }
+      expect(value(e, 'tcmu_timeouts_total', { device: 'slow' })).to.equal(2);
+      // Released, the late completions are the kernel's to drop; the device serves again and counts no more.
+      expect(await sup.reconfigure('slow', { cfgstring: 'ram/4M' })).to.equal(0);
+      expect((await init.write(16, new Uint8Array(512).fill(3))).status).to.equal(ScsiStatus.GOOD);
+      expect(value(await scrape(), 'tcmu_timeouts_total', { device: 'slow' })).to.equal(2);
     } finally {
       await server?.close();
       await sup.stop();

@@ -35,6 +35,11 @@ export interface DeviceSpec {
    */
   readonly cmdTimeOut?: number;
   /**
+   * The kernel's attrib/cmd_time_out in seconds (0/absent: off or unknown):
+   * the engine counts commands it holds longer as the kernel's timeouts.
+   */
+  readonly kernelCmdTimeOut?: number;
+  /**
    * ALUA target port groups (from configfs alua/). The supervisor reads them
    * when the backend has a configfs device and none are given; absent or
    * without an enabled member port: no ALUA.

@@ -205,7 +205,7 @@ export function createMetrics(sup: Supervisor, opts: MetricsOptions = {}): TcmuM
       if (d.sim) s.push({ value: d.sim.qfullQueued, labels: { device: d.name, source: 'kernel' } });
       return s;
     }));
-  perDevice('tcmu_timeouts_total', 'Commands the kernel failed because userspace did not answer within cmd_time_out.', 'counter',
+  perDevice('tcmu_timeouts_total', 'Commands the kernel failed because userspace did not answer within cmd_time_out (simulated devices: the kernel\'s own count; real ones: commands the daemon held longer than the device\'s cmd_time_out).', 'counter',
     (d) => (d.sim ? d.sim.cmdTimeouts : d.c.timeouts));
   perDevice('tcmu_cmd_time_out_exceeded_total', 'Commands that ran longer than the device\'s tcmur_cmd_time_out (dev_config option; each counted once, when it passes the limit, whether or not it completes later).', 'counter',
     (d) => d.c.cmdTimeOutExceeded);

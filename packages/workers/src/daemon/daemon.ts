@@ -246,6 +246,7 @@ export class Daemon {
       numLbas: Math.floor(attrs.devSize / attrs.hwBlockSize),
       maxXferBlocks: attrs.hwMaxSectors,
       writeCache: attrs.emulateWriteCache,
+      kernelCmdTimeOut: attrs.cmdTimeOut,
       serial,
       wwn: serial,
       ring: { mapFd: endpoint.mapFd, eventFd: endpoint.eventFd, mapSize: endpoint.mapSize },

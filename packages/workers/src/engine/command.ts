@@ -47,6 +47,8 @@ export class Command extends RingSlot {
   live = false;
   /** Logged once when it ran past tcmur_cmd_time_out. */
   timedOut = false;
+  /** Counted once when it ran past the kernel's cmd_time_out (the kernel has failed it). */
+  kernelTimedOut = false;
   /** Views on the data area, one per iovec. */
   readonly buffers: Uint8Array[] = [];
   /** READ/WRITE/SYNCHRONIZE CACHE plans land here instead of in a new object. */

@@ -66,6 +66,13 @@ export interface EngineOptions {
    * running longer is logged as timed out, and again when it completes.
    */
   cmdTimeOutMs?: number;
+  /**
+   * The kernel's cmd_time_out, in ms (0/absent: off or unknown): a command
+   * held longer has been failed by the kernel, which drops our completion.
+   * Counted (Scalar.TIMEOUTS) so a real device reports what a simulated
+   * one's kernel counts itself.
+   */
+  kernelCmdTimeOutMs?: number;
   /** ALUA group states changed here (SET TARGET PORT GROUPS, lock holder moved). */
   onAluaChange?(groups: readonly AluaGroupInfo[]): void;
   /** Tests only: COMPARE AND WRITE without the LBA range lock. */
@@ -101,6 +108,9 @@ export class DeviceEngine implements CommandSink {
   /** Records free for the next entry: the pool grows to the deepest queue seen, then stops allocating. */
   private readonly free: Command[] = [];
   private records = 0;
+  /** Every record made, live or free: scanned for the kernel's cmd_time_out without a per-command map. */
+  private readonly allRecords: Command[] = [];
+  private kernelTimeoutTimer: NodeJS.Timeout | undefined;
   /** Commands watched for tcmur_cmd_time_out, by id. */
   private readonly tracked = new Map<number, Command>();
   private timeoutTimer: NodeJS.Timeout | undefined;
@@ -128,6 +138,32 @@ export class DeviceEngine implements CommandSink {
     c.set(Scalar.IN_FLIGHT, 0);
     c.set(Scalar.DATA_BYTES_IN_FLIGHT, 0);
     c.publish();
+    const kernelTmo = o.kernelCmdTimeOutMs ?? 0;
+    if (kernelTmo > 0) {
+      // One timer for the device's life: starting one per busy period would cost a timer per command at QD1.
+      this.kernelTimeoutTimer = setInterval(() => this.countKernelTimeouts(kernelTmo), Math.max(10, Math.min(1000, kernelTmo / 4)));
+      this.kernelTimeoutTimer.unref();
+    }
+  }
+
+  /** Commands held past the kernel's cmd_time_out, each counted once; the kernel logs them itself. */
+  private countKernelTimeouts(tmo: number): void {
+    if (this.finished) {
+      clearInterval(this.kernelTimeoutTimer);
+      return;
+    }
+    if (this.inFlight === 0) return;
+    const now = performance.now();
+    let n = 0;
+    for (const cmd of this.allRecords) {
+      if (!cmd.live || cmd.kernelTimedOut || now - cmd.start < tmo) continue;
+      cmd.kernelTimedOut = true;
+      n++;
+    }
+    if (n === 0) return;
+    this.o.counters.add(Scalar.TIMEOUTS, n);
+    this.o.counters.publish();
+    this.o.log.warn(`${n} command(s) in flight longer than the kernel's cmd_time_out (${tmo / 1000} s): the kernel has failed them and will drop their completions`);
   }
 
   /** The handler reported a lost lock (HandlerDevice.notifyLockLost). */
@@ -222,6 +258,7 @@ export class DeviceEngine implements CommandSink {
     await this.whenIdle();
     this.flushKick();
     this.finished = true;
+    clearInterval(this.kernelTimeoutTimer);
   }
 
   /**
@@ -316,7 +353,9 @@ export class DeviceEngine implements CommandSink {
 
   private newRecord(): Command {
     this.records++;
-    return new Command(this);
+    const cmd = new Command(this);
+    this.allRecords.push(cmd);
+    return cmd;
   }
 
   /** Reset the record's per-command state: the consumer has filled id, CDB and iovecs. */
@@ -327,6 +366,7 @@ export class DeviceEngine implements CommandSink {
     cmd.bytes = 0;
     cmd.readLen = -1;
     cmd.timedOut = false;
+    cmd.kernelTimedOut = false;
     cmd.start = performance.now();
     this.inFlight++;
     this.dataBytesInFlight += cmd.dataLength;

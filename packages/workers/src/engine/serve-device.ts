@@ -82,6 +82,7 @@ export async function openRingDevice(spec: DeviceSpec, handler: Handler, reopen:
     onRingBroken: hooks.onRingBroken,
     ...(hooks.peers ? { peers: hooks.peers } : {}),
     cmdTimeOutMs: spec.cmdTimeOut ? spec.cmdTimeOut * 1000 : 0,
+    kernelCmdTimeOutMs: spec.kernelCmdTimeOut ? spec.kernelCmdTimeOut * 1000 : 0,
     ...(hooks.onAluaChange ? { onAluaChange: hooks.onAluaChange } : {}),
     unsafeNoCawLock: spec.unsafeNoCawLock,
   });
