@@ -61,6 +61,11 @@ export interface SupervisorOptions {
    * Default 1024; 0: V8's default (several GiB per worker).
    */
   workerHeapMb?: number;
+  /**
+   * How long removing a device waits for its worker to answer what is in
+   * flight before ending it (a hung handler never answers). Default 30 s.
+   */
+  stopGraceMs?: number;
 }
 
 export const DEFAULT_WORKER_HEAP_MB = 1024;
@@ -91,6 +96,7 @@ export class Supervisor extends EventEmitter {
   private nextReconfigId = 1;
   private logCdbs: boolean;
   private readonly workerHeapMb: number;
+  private readonly stopGraceMs: number;
   private readonly forwards = new Map<number, PeerForward>();
   private nextForwardId = 1;
   private readonly naaCache = new WeakMap<DeviceSpec, string>();
@@ -106,6 +112,7 @@ export class Supervisor extends EventEmitter {
     this.restartWindowMs = opts.restartWindowMs ?? 60_000;
     this.logCdbs = opts.logCdbs ?? false;
     this.workerHeapMb = opts.workerHeapMb ?? DEFAULT_WORKER_HEAP_MB;
+    this.stopGraceMs = opts.stopGraceMs ?? 30_000;
   }
 
   /**
@@ -153,7 +160,10 @@ export class Supervisor extends EventEmitter {
     if (w) {
       const exited = new Promise<void>((r) => w.once('exit', () => r()));
       this.send(dev, { type: 'stop' });
-      const timer = setTimeout(() => void w.terminate(), 30_000);
+      const timer = setTimeout(() => {
+        this.log('warn', name, `worker still busy ${this.stopGraceMs / 1000} s after stop: ending it`);
+        void w.terminate();
+      }, this.stopGraceMs);
       await exited;
       clearTimeout(timer);
     }
