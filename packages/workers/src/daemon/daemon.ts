@@ -221,6 +221,16 @@ export class Daemon {
       return -(typeof n === 'number' ? n : (code && (errno as Record<string, number>)[code]) || errno.EINVAL);
     }
     const serial = (await configfs.readUnitSerial().catch(() => undefined)) ?? randomUUID();
+    // The kernel defaults attrib/tmr_notification to 0: ABORT TASK and LUN RESET then never reach
+    // the ring, and a command the initiator gave up on stays invisible until it completes late.
+    // Kernels before 5.11 have no such attribute (undefined): nothing to turn on there.
+    if (attrs.tmrNotification === false) {
+      try {
+        await configfs.writeAttribute('tmr_notification', 1);
+      } catch (e) {
+        log.warn(`${uio.uio}: cannot turn on tmr_notification (task management will not reach the ring): ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
     let endpoint = this.preopened.get(uio.minor);
     this.preopened.delete(uio.minor);
     try {
