@@ -147,6 +147,13 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M' })).status).to.equal(0);
     expect((await ini.read(7, 1)).data.every((b) => b === 0x5a)).to.equal(true);
     expect(lines.some((l) => /flt.*applied in place/.test(l))).to.equal(true);
+    // tcmu-runner's daemon options in the new dev_config are not the handler's: still in place, data kept
+    // (found writing test/kernel/timeouts.sh: they made the daemon reopen the handler).
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/;tcmur_cmd_time_out=5;ram/1M;rerror=EIO@1' })).status).to.equal(0);
+    expect((await ini.read(7, 1)).ok).to.equal(false);
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/;tcmur_cmd_time_out=5;ram/1M' })).status).to.equal(0);
+    expect((await ini.read(7, 1)).data.every((b) => b === 0x5a)).to.equal(true);
+    expect(lines.filter((l) => /flt.*reopening the handler/.test(l))).to.have.length(0);
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M;error=EBOGUS' })).status).to.equal(-EINVAL);
     // Another inner cfgstring: the handler is reopened (a new ram store).
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M;chunk=4k' })).status).to.equal(0);

@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { constants as osConstants } from 'node:os';
-import { probeConfig, splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
+import { extractDaemonOptions, probeConfig, splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
 import {
   TcmuConfigfsDevice, TcmuNetlink, readUioDevice, scanUioDevices, type ConfigfsIo, type Logger, type UioDevice,
 } from '@tcmu-ts/core/host';
@@ -311,7 +311,11 @@ export class Daemon {
         log.info(`write cache ${r.writeCache ? 'on' : 'off'}`);
         return -(await this.supervisor.reconfigure(s.name, { writeCache: r.writeCache }));
       case 'dev_config': {
-        const { subtype, config } = splitCfgstring(r.devConfig);
+        // tcmu-runner's daemon options (;tcmur_cmd_time_out=N;) are ours, not the handler's: taken out as
+        // at adopt, or the handler would see another inner config and be reopened (a fault device with them
+        // could never swap its faults in place). A changed tcmur_cmd_time_out applies from the next start.
+        const { cfgstring: devConfig } = extractDaemonOptions(r.devConfig);
+        const { subtype, config } = splitCfgstring(devConfig);
         if (subtype !== s.uio.name.subtype) return -errno.EINVAL; // the kernel keeps the subtype in the uio name
         const known = this.o.registry.get(subtype);
         const check = known ? await probeConfig(known, config) : undefined;
