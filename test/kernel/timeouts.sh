@@ -1,0 +1,215 @@
+#!/bin/bash
+# A hung handler against the real kernel's timeouts and task management (issue 17, item 2;
+# the simulator half is test/isolation.test.ts). One tcmu-ts daemon, two tcm_loop LUNs, each
+# on its own SCSI host (tcm_loop target), so the SCSI error handler of one never blocks the other:
+#   LUN A  fault/;tcmur_cmd_time_out=$TMO_TCMUR_S;file/<img>  attrib/cmd_time_out $TMO_KERNEL_S,
+#          sd command timeout $TMO_SD_S (below cmd_time_out, so the initiator aborts while the
+#          command still sits in the ring: ABORT TASK, then LUN RESET when the retry times out too)
+#   LUN B  file/<img>
+#   1. B alone: fio 4 KiB randrw QD8 for $TMO_FIO_S s (A idle)
+#   2. A switched to hang=1 at run time (tcmu-ts reconfig); a 4 KiB O_DIRECT read and write on A
+#      in the background; B's fio again meanwhile. Checked: the kernel times A's commands out
+#      (tcmu's own pr_debug lines, turned on through dynamic debug), LIO passes the SCSI EH's
+#      ABORT TASK / LUN RESET to the ring (tcmu_tmr_notify), the daemon sees them and counts
+#      tcmur_cmd_time_out (/metrics), A's dd gets an I/O error; B: no error, IOPS near step 1's
+#   3. A's hang switched off (reconfig): the held commands complete late, the kernel drops them
+#      (no ring breakage, no oops/WARN), A in flight 0, A serves a written pattern back, same
+#      daemon and worker (no restart); B's metrics show no TMR and no timeout
+#   4. B alone again (the baseline is the mean of 1 and 4, so drift of a shared host cancels)
+# Env (run.mjs --env NAME=VALUE): TMO_KERNEL_S (default 8), TMO_TCMUR_S (2), TMO_SD_S (4),
+# TMO_FIO_S (15), TMO_MIN_RATIO (B's IOPS during the hang over the baseline, default 0.9).
+# Alone: flock /tmp/vm.lock node test/kernel/run.mjs --skip-prepare --timeout 900 test/kernel/timeouts.sh
+. "$TCMU_REPO/test/kernel/lib.sh"
+. "$TCMU_REPO/test/kernel/tcmu-ts-lib.sh"
+
+KT=${TMO_KERNEL_S:-8}
+TT=${TMO_TCMUR_S:-2}
+ST=${TMO_SD_S:-4}
+FIO_S=${TMO_FIO_S:-15}
+MIN_RATIO=${TMO_MIN_RATIO:-0.9}
+MB=$((1024 * 1024))
+SIZE=$((64 * MB))
+IMG_A=/tmp/tmo-a.img IMG_B=/tmp/tmo-b.img
+A=tmoa B=tmob
+CFG_A="fault/;tcmur_cmd_time_out=$TT;file/$IMG_A"
+METRICS_PORT=9560
+FIO_B=(--filename=PLACEHOLDER --ioengine=libaio --direct=1 --rw=randrw --rwmixread=50 --bs=4k --iodepth=8
+  --size=48M --time_based --runtime="$FIO_S" --randrepeat=0)
+tk_log "kernel $(uname -r), node $(node --version), daemon from $TCMU_BUILD; cmd_time_out $KT s, tcmur_cmd_time_out $TT s, sd timeout $ST s, fio $FIO_S s"
+
+# ---------------------------------------------------------------- helpers
+# metrics_get: the daemon's /metrics into $M (bash's /dev/tcp: no fork)
+M=
+metrics_get() {
+  local fd l
+  M=
+  exec {fd}<>/dev/tcp/127.0.0.1/$METRICS_PORT || return 1
+  printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&$fd
+  while IFS= read -r l <&$fd; do M+=${l%$'\r'}$'\n'; done
+  exec {fd}>&-
+  [[ $M == *'tcmu_build_info'* ]]
+}
+# metric NAME DEVICE: the value of NAME{device="DEVICE"} in $M (empty if absent)
+metric() {
+  local re="^$1\\{device=\"$2\"\\} ([0-9.e+-]+)\$" l
+  while IFS= read -r l; do [[ $l =~ $re ]] && { printf '%s' "${BASH_REMATCH[1]}"; return 0; }; done <<<"$M"
+  return 1
+}
+# fio_figures JOB...: "iops errors" per job from its JSON (read + write IOPS, fio's error count)
+fio_figures() {
+  node -e '
+    const fs = require("fs");
+    for (const name of process.argv.slice(1)) {
+      try {
+        const j = JSON.parse(fs.readFileSync(`${process.env.TCMU_OUT}/fio/${name}.json`, "utf8")).jobs[0];
+        console.log(name, (j.read.iops + j.write.iops).toFixed(1), j.error + (j.total_err ?? 0));
+      } catch (e) { console.log(name, "nan", "unreadable"); }
+    }' "$@"
+}
+# dmesg_since N: kernel log lines after the first N
+dmesg_since() { dmesg | tail -n +$(($1 + 1)); }
+# kmsg_uptime TEXT: the timestamp of the first kernel log line containing TEXT (after $DMESG0 lines)
+kmsg_uptime() { dmesg_since "$DMESG0" | grep -m1 -F "$1" | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p'; }
+# fdiff A B: B - A, 1 decimal
+fdiff() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+# ---------------------------------------------------------------- setup
+# tcmu's timeout and TMR messages are pr_debug: turn on just those (the per-command ones stay off).
+DDC=/proc/dynamic_debug/control
+[ -w $DDC ] || { mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug; DDC=/sys/kernel/debug/dynamic_debug/control; }
+ok=1
+for f in tcmu_check_expired_ring_cmd tcmu_tmr_notify; do printf 'func %s +p\n' $f >$DDC || ok=0; done
+tk_eq "S dynamic debug on for tcmu_check_expired_ring_cmd and tcmu_tmr_notify" 1 $ok
+
+tk_check "S system dbus-daemon" ts_dbus
+if ts_start && ts_alive; then tk_pass "S tcmu-ts started" "pid $TS_PID"; else tk_fail "S tcmu-ts started" "$(tail -5 "$TS_OUT" | tr '\n' ' ')"; tk_finish; fi
+DAEMON_PID=$TS_PID
+tk_wait 30 metrics_get; tk_eq "S /metrics answers on 127.0.0.1:$METRICS_PORT" 0 $?
+
+truncate -s $SIZE $IMG_A $IMG_B
+SD_A=$(ts_create $A "$CFG_A" $SIZE --cmd-time-out "$KT")
+tk_match "S create $A ($CFG_A, cmd_time_out $KT) --loop gives a disk" '^sd[a-z]+$' "$SD_A"
+SD_B=$(ts_create $B "file/$IMG_B" $SIZE)
+tk_match "S create $B (file) --loop gives a disk" '^sd[a-z]+$' "$SD_B"
+[ -b "/dev/$SD_A" ] && [ -b "/dev/$SD_B" ] || { tk_fail "S both disks present" "A '$SD_A', B '$SD_B'"; ts_stop; tk_finish; }
+DA=$CFG/core/user_0/$A DB=$CFG/core/user_0/$B
+tk_eq "S $A attrib/cmd_time_out" "$KT" "$(<"$DA/attrib/cmd_time_out")"
+tk_eq "S $B attrib/cmd_time_out (kernel default)" 30 "$(<"$DB/attrib/cmd_time_out")"
+# LIO creates user devices with tmr_notification 0: the daemon turns it on, or no TMR reaches the ring
+tk_eq "S $A attrib/tmr_notification turned on by the daemon" 1 "$(<"$DA/attrib/tmr_notification")"
+tk_eq "S $B attrib/tmr_notification turned on by the daemon" 1 "$(<"$DB/attrib/tmr_notification")"
+tk_check "S daemon took tcmur_cmd_time_out=$TT for $A (log)" ts_log_has "$A: tcmur_cmd_time_out=$TT s"
+tk_put "/sys/block/$SD_A/device/timeout" "$ST"
+tk_eq "S /dev/$SD_A SCSI command timeout" "$ST" "$(<"/sys/block/$SD_A/device/timeout")"
+tk_log "S /dev/$SD_A (host $(cat "$CFG/loopback/"*/tpgt_1/address 2>/dev/null | tr '\n' ' ')), /dev/$SD_B; sd eh_timeout $(cat /sys/block/$SD_A/device/eh_timeout 2>/dev/null) s"
+FIO_B[0]=--filename=/dev/$SD_B
+
+# ---------------------------------------------------------------- 1. baseline
+ts_fio tmo-b-before "${FIO_B[@]}"; tk_eq "1 fio on $B, A idle: exit status" 0 $?
+
+# ---------------------------------------------------------------- 2. A hangs
+head -c 4096 /dev/urandom >/tmp/tmo-hung-write.bin
+out=$(ts_cli reconfig $A "$CFG_A;hang=1" 2>&1); rc=$?
+printf '%s\n' "$out" | sed 's/^/  reconfig: /'
+tk_eq "2 reconfig $A hang=1 at run time" 0 $rc
+tk_check "2 fault options applied in place (log)" ts_log_has "$A: dev_config now $CFG_A;hang=1: applied in place"
+DMESG0=$(dmesg | wc -l)
+printf 'tcmu-ts timeouts.sh: A hangs now\n' >/dev/kmsg
+t_hang=$(kmsg_uptime 'tcmu-ts timeouts.sh: A hangs now')
+t0=$EPOCHREALTIME
+dd if=/dev/$SD_A of=/dev/null bs=4k count=1 skip=100 iflag=direct 2>/tmp/tmo-dd-read.err &
+DD_READ=$!
+dd if=/tmp/tmo-hung-write.bin of=/dev/$SD_A bs=4k count=1 seek=300 oflag=direct conv=notrunc 2>/tmp/tmo-dd-write.err &
+DD_WRITE=$!
+ts_fio tmo-b-during-hang "${FIO_B[@]}"; tk_eq "2 fio on $B during A's hang: exit status" 0 $?
+_dd_gone() { ! kill -0 $DD_READ 2>/dev/null && ! kill -0 $DD_WRITE 2>/dev/null; }
+tk_wait 300 _dd_gone; tk_eq "2 A's dd read and write end (the initiator gives up)" 0 $?
+wait $DD_READ; rc_r=$?
+wait $DD_WRITE; rc_w=$?
+tk_timing dd_on_hung_A "$(tk_since "$t0")"
+tk_log "2 dd read: exit $rc_r, $(tr '\n' ' ' </tmp/tmo-dd-read.err)"
+tk_log "2 dd write: exit $rc_w, $(tr '\n' ' ' </tmp/tmo-dd-write.err)"
+tk_match "2 A's dd read fails with an I/O error" 'Input/output error' "$(</tmp/tmo-dd-read.err)"
+tk_match "2 A's dd write fails with an I/O error" 'Input/output error' "$(</tmp/tmo-dd-write.err)"
+dmesg_since "$DMESG0" >"$TCMU_OUT/dmesg-hang.txt"
+sed 's/^/  dmesg: /' "$TCMU_OUT/dmesg-hang.txt" | head -60
+# the kernel's own evidence
+t_exp=$(kmsg_uptime "Timing out inflight cmd")
+n_exp=$(grep -c "Timing out inflight cmd .* on dev $A\." "$TCMU_OUT/dmesg-hang.txt")
+tk_match "2 kernel timed out A's commands (tcmu: Timing out inflight cmd, $n_exp)" '^[1-9][0-9]*$' "$n_exp"
+if [ -n "$t_exp" ] && [ -n "$t_hang" ]; then
+  after=$(fdiff "$t_hang" "$t_exp")
+  tk_timing kernel_timeout_after "$after"
+  # cmd_time_out is counted from the command's arrival in the ring, after the hang began
+  if awk -v a="$after" -v k="$KT" 'BEGIN { exit !(a >= k - 0.5 && a <= 3 * k) }'; then
+    tk_pass "2 first kernel timeout ${after} s after the hang began (cmd_time_out $KT s)"
+  else
+    tk_fail "2 first kernel timeout ${after} s after the hang began (cmd_time_out $KT s)" "outside [$KT - 0.5, 3 x $KT]"
+  fi
+else
+  tk_fail "2 first kernel timeout after the hang began" "no timestamps (hang '$t_hang', timeout '$t_exp')"
+fi
+n_b_exp=$(grep -c "Timing out inflight cmd .* on dev $B\." "$TCMU_OUT/dmesg-hang.txt")
+tk_eq "2 no kernel timeout on B" 0 "$n_b_exp"
+tmr_kinds=$(sed -n "s/.*TMR event \([0-9]*\) on dev $A,.*/\1/p" "$TCMU_OUT/dmesg-hang.txt" | sort -un | tr '\n' ' ')
+tk_match "2 LIO passed task management for A to tcmu (TMR event types: ${tmr_kinds:-none}; 1 ABORT TASK, 5 LUN RESET)" '(^| )(1|5)( |$)' "$tmr_kinds"
+n_abort=$(grep -c 'ABORT_TASK: Found referenced' "$TCMU_OUT/dmesg-hang.txt")
+tk_log "2 LIO ABORT_TASK found $n_abort referenced task(s); sd: $(grep -c "$SD_A.*\(FAILED\|timing out\|I/O error\)" "$TCMU_OUT/dmesg-hang.txt") failure line(s)"
+# the daemon's
+tk_check "2 daemon logged tcmur_cmd_time_out for A" ts_log_has "timed out (tcmur_cmd_time_out $TT s)"
+d_kinds=$(grep -ho "$A: task management [A-Z_]* " "$TCMU_OUT"/tcmu-ts-*.out | awk '{ print $4 }' | sort | uniq -c | awk '{ printf "%s%s x%s", s, $2, $1; s = ", " }')
+tk_match "2 daemon saw A's task management on the ring: $d_kinds" '(ABORT_TASK|LUN_RESET)' "$d_kinds"
+metrics_get
+tk_match "2 /metrics tcmu_tmr_total for A > 0" '^[1-9][0-9]*$' "$(metric tcmu_tmr_total $A)"
+tk_match "2 /metrics tcmu_cmd_time_out_exceeded_total for A > 0" '^[1-9][0-9]*$' "$(metric tcmu_cmd_time_out_exceeded_total $A)"
+tk_log "2 A in flight (held by the hang): $(metric tcmu_in_flight_commands $A)"
+
+# ---------------------------------------------------------------- 3. A recovers
+out=$(ts_cli reconfig $A "$CFG_A" 2>&1); rc=$?
+printf '%s\n' "$out" | sed 's/^/  reconfig: /'
+tk_eq "3 reconfig $A without the hang" 0 $rc
+_a_idle() { metrics_get && [ "$(metric tcmu_in_flight_commands $A)" = 0 ]; }
+tk_wait 60 _a_idle; tk_eq "3 the held commands complete late: A in flight 0" 0 $?
+tk_check "3 daemon logged a late completion of a timed-out command" ts_log_has "$A: timed out command id"
+dmesg_since "$DMESG0" >"$TCMU_OUT/dmesg-after.txt"
+bad=$(grep -E 'ring is broken|not found|ring broken|KEEP_BUF' "$TCMU_OUT/dmesg-after.txt")
+tk_eq "3 kernel dropped the late completions (no 'ring is broken')" "" "$bad"
+ts_kernel_log_clean
+head -c $((64 * 1024)) /dev/urandom >/tmp/tmo-pattern.bin
+dd if=/tmp/tmo-pattern.bin of=/dev/$SD_A bs=64k count=1 seek=8 oflag=direct conv=notrunc status=none
+tk_eq "3 A serves a 64 KiB O_DIRECT write" 0 $?
+tk_check "3 A reads the pattern back" cmp -s /tmp/tmo-pattern.bin <(dd if=/dev/$SD_A bs=64k count=1 skip=8 iflag=direct status=none)
+dd if=/dev/$SD_A of=/dev/null bs=4k count=1 skip=100 iflag=direct status=none
+tk_eq "3 A serves the read that hung before" 0 $?
+tk_eq "3 /dev/$SD_A still running (not offlined by the error handler)" running "$(<"/sys/block/$SD_A/device/state")"
+tk_eq "3 same daemon (pid)" "$DAEMON_PID" "$TS_PID"
+ts_alive; tk_eq "3 daemon alive" 0 $?
+metrics_get
+tk_eq "3 /metrics tcmu_device_restarts_total for A (no worker restart)" 0 "$(metric tcmu_device_restarts_total $A)"
+tk_eq "3 /metrics tcmu_tmr_total for B" 0 "$(metric tcmu_tmr_total $B)"
+tk_eq "3 /metrics tcmu_cmd_time_out_exceeded_total for B" 0 "$(metric tcmu_cmd_time_out_exceeded_total $B)"
+tk_log "3 A: tmr $(metric tcmu_tmr_total $A), tcmur_cmd_time_out exceeded $(metric tcmu_cmd_time_out_exceeded_total $A), handler errors $(metric tcmu_handler_errors_total $A)"
+
+# ---------------------------------------------------------------- 4. baseline again, B's ratio
+ts_fio tmo-b-after "${FIO_B[@]}"; tk_eq "4 fio on $B, A idle again: exit status" 0 $?
+printf '%s\t%s\t%s\n' "B during A's hang / B before" tmo-b-during-hang tmo-b-before \
+  "B during A's hang / B after" tmo-b-during-hang tmo-b-after >"$TCMU_OUT/compare.tsv"
+declare -A IOPS ERR
+while read -r n i e; do IOPS[$n]=$i; ERR[$n]=$e; done < <(fio_figures tmo-b-before tmo-b-during-hang tmo-b-after)
+for n in tmo-b-before tmo-b-during-hang tmo-b-after; do tk_eq "4 fio $n: 0 errors (IOPS ${IOPS[$n]})" 0 "${ERR[$n]}"; done
+ratio=$(awk -v b="${IOPS[tmo-b-before]}" -v d="${IOPS[tmo-b-during-hang]}" -v a="${IOPS[tmo-b-after]}" 'BEGIN { if (a + b > 0) printf "%.3f", d / ((a + b) / 2); else print "nan" }')
+tk_timing b_iops_ratio_during_hang "$ratio"
+if awk -v r="$ratio" -v m="$MIN_RATIO" 'BEGIN { exit !(r + 0 == r && r >= m) }'; then
+  tk_pass "4 B's IOPS during A's hang >= $MIN_RATIO x baseline" "ratio $ratio (before ${IOPS[tmo-b-before]}, during ${IOPS[tmo-b-during-hang]}, after ${IOPS[tmo-b-after]})"
+else
+  tk_fail "4 B's IOPS during A's hang >= $MIN_RATIO x baseline" "ratio $ratio (before ${IOPS[tmo-b-before]}, during ${IOPS[tmo-b-during-hang]}, after ${IOPS[tmo-b-after]})"
+fi
+
+# ---------------------------------------------------------------- Z. teardown
+ts_cli delete $A >/dev/null 2>&1; tk_eq "Z delete $A" 0 $?
+ts_cli delete $B >/dev/null 2>&1; tk_eq "Z delete $B" 0 $?
+ts_stop; tk_eq "Z tcmu-ts stops on SIGTERM with status 0" 0 $?
+errs=$(grep -h '\[ERROR\]' "$TCMU_OUT"/tcmu-ts-*.out 2>/dev/null)
+if [ -z "$errs" ]; then tk_pass "Z no ERROR in tcmu-ts's log"; else tk_fail "Z no ERROR in tcmu-ts's log" "$(printf '%s' "$errs" | head -3 | tr '\n' ' ')"; fi
+ts_kernel_log_clean
+tk_finish
