@@ -206,7 +206,7 @@ hang_cycle() {
   # multipathd) sets it running again. The LUN itself kept serving: the same daemon and worker.
   local st; st=$(<"/sys/block/$SD_A/device/state")
   tk_log "3.$n /dev/$SD_A state after the error handler: $st; $(grep -c 'Offlining disk' "$TCMU_OUT/dmesg-hang$n.txt") 'Offlining disk' line(s)"
-  [ "$st" = running ] || tk_put "/sys/block/$SD_A/device/state" running
+  [ "$st" = running ] || echo running >"/sys/block/$SD_A/device/state"   # the kernel wants the newline here
   tk_eq "3.$n /dev/$SD_A running" running "$(<"/sys/block/$SD_A/device/state")"
   head -c $((64 * 1024)) /dev/urandom >/tmp/tmo-pattern.bin
   dd if=/tmp/tmo-pattern.bin of=/dev/$SD_A bs=64k count=1 seek=$((8 + n)) oflag=direct conv=notrunc status=none
