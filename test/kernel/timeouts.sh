@@ -21,7 +21,7 @@
 # Env (run.mjs --env NAME=VALUE): TMO_KERNEL_S (default 8), TMO_TCMUR_S (2), TMO_SD_S (4),
 # TMO_FIO_S (12), TMO_MIN_RATIO (B's IOPS during the hangs over B alone, default 0.5: the goal is
 # 0.9, but here B alone varied up to 5-fold between adjacent 12 s windows, 2 emulated CPUs on a
-# host whose other load comes and goes; coupling to A would show as seconds-long waits, checked too).
+# host whose other load comes and goes; coupling to A would show as waits of seconds, checked too).
 # Alone: flock /tmp/vm.lock node test/kernel/run.mjs --skip-prepare --timeout 900 test/kernel/timeouts.sh
 . "$TCMU_REPO/test/kernel/lib.sh"
 . "$TCMU_REPO/test/kernel/tcmu-ts-lib.sh"
@@ -251,14 +251,15 @@ for n in "${WINDOWS[@]}"; do
   tk_eq "4 fio $n: 0 errors" 0 "${ERR[$n]}"
   tk_log "4 $n: B ${IOPS[$n]} IOPS, slowest command ${MAXMS[$n]} ms, daemon CPU ${DCPU[$n]} ms, guest idle ${IDLE[$n]} %"
 done
-# Coupling to A would show as B's commands waiting for A's timeouts or resets (seconds); under
-# emulation on a busy host B's slowest command takes a few hundred ms anyway.
+# Coupling to A would show as B's commands waiting for A's timeouts or resets: a B command held
+# behind A's error handler (a shared SCSI host) or A's ring would wait at least A's sd timeout.
+# Under emulation on a busy host B's slowest command took up to about 1 s anyway.
 for c in 1 2; do
   n=tmo-b-hang$c
-  if [[ ${MAXMS[$n]} =~ ^[0-9]+$ ]] && (( ${MAXMS[$n]} < ST * 1000 / 2 )); then
-    tk_pass "4 B's slowest command during A's hang $c under half A's sd timeout" "${MAXMS[$n]} ms"
+  if [[ ${MAXMS[$n]} =~ ^[0-9]+$ ]] && (( ${MAXMS[$n]} < ST * 1000 )); then
+    tk_pass "4 B's slowest command during A's hang $c under A's sd timeout ($ST s)" "${MAXMS[$n]} ms"
   else
-    tk_fail "4 B's slowest command during A's hang $c under half A's sd timeout" "${MAXMS[$n]} ms, limit $((ST * 500)) ms"
+    tk_fail "4 B's slowest command during A's hang $c under A's sd timeout ($ST s)" "${MAXMS[$n]} ms"
   fi
 done
 # B during the hangs over B alone, each hang window against the mean of the windows around it
