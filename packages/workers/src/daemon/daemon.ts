@@ -223,7 +223,7 @@ export class Daemon {
     const serial = (await configfs.readUnitSerial().catch(() => undefined)) ?? randomUUID();
     // The kernel defaults attrib/tmr_notification to 0: ABORT TASK and LUN RESET then never reach
     // the ring, and a command the initiator gave up on stays invisible until it completes late.
-    // Kernels before 5.11 have no such attribute (undefined): nothing to turn on there.
+    // Older kernels have no such attribute (undefined): nothing to turn on there.
     if (attrs.tmrNotification === false) {
       try {
         await configfs.writeAttribute('tmr_notification', 1);
