@@ -6,13 +6,22 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, symlinkSync } from 'node:fs';
 import { HandlerRegistry } from '@tcmu-ts/core';
 import { Logger } from '@tcmu-ts/core/host';
-import { Initiator, ScsiStatus, cdbModeSense6 } from '@tcmu-ts/ring';
+import { Initiator, ScsiStatus, cdbModeSense6, cdbRead16 } from '@tcmu-ts/ring';
 import { AnotherDaemonError, Daemon, EXIT_ANOTHER_DAEMON } from '@tcmu-ts/workers';
 import { runDaemon } from '@tcmu-ts/workers/daemon/main';
 import { KernelStandIn } from './fixtures/kernel-standin.js';
 import { fileURLToPath } from 'node:url';
 
 const ENOENT = 2;
+
+/** Resolves when `ok()` holds (checked every 5 ms); fails after `ms`. */
+async function until(ok: () => boolean, ms = 10000): Promise<void> {
+  const t0 = performance.now();
+  while (!ok()) {
+    if (performance.now() - t0 > ms) throw new Error(`condition not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
 const EINVAL = 22;
 
 describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, simulator behind UIO, fake netlink)', function () {
@@ -138,10 +147,35 @@ describe('daemon control plane against a stand-in kernel (fake sysfs/configfs, s
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M' })).status).to.equal(0);
     expect((await ini.read(7, 1)).data.every((b) => b === 0x5a)).to.equal(true);
     expect(lines.some((l) => /flt.*applied in place/.test(l))).to.equal(true);
+    // tcmu-runner's daemon options in the new dev_config are not the handler's: still in place, data kept
+    // (found writing test/kernel/timeouts.sh: they made the daemon reopen the handler).
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/;tcmur_cmd_time_out=5;ram/1M;rerror=EIO@1' })).status).to.equal(0);
+    expect((await ini.read(7, 1)).ok).to.equal(false);
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/;tcmur_cmd_time_out=5;ram/1M' })).status).to.equal(0);
+    expect((await ini.read(7, 1)).data.every((b) => b === 0x5a)).to.equal(true);
+    expect(lines.filter((l) => /flt.*reopening the handler/.test(l))).to.have.length(0);
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M;error=EBOGUS' })).status).to.equal(-EINVAL);
     // Another inner cfgstring: the handler is reopened (a new ram store).
     expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M;chunk=4k' })).status).to.equal(0);
     expect((await ini.read(7, 1)).data.every((b) => b === 0)).to.equal(true);
+  });
+
+  // Found on the real kernel (test/kernel/timeouts.sh): LIO creates a device with tmr_notification 0,
+  // so an initiator's ABORT TASK never reached the ring and tcmu_tmr_total stayed 0.
+  it('turns on attrib/tmr_notification (the kernel creates devices with it off): an ABORT TASK reaches the engine', async () => {
+    await startDaemon();
+    const { dev, done } = await k.added({ name: 'hung', subtype: 'fault', cfgstring: 'ram/1M;hang=1', sizeBytes: 1 << 20 });
+    expect(done.status).to.equal(0);
+    const attr = join(k.root, 'sys/kernel/config/target/core/user_0/hung/attrib/tmr_notification');
+    expect(readFileSync(attr, 'utf8').trim()).to.equal('1');
+    expect(dev.sim.tmrNotification).to.equal(true);
+    const task = dev.sim.start(cdbRead16(0, 1), { dataInLength: 512 });
+    const abort = dev.sim.abortTask(task);
+    await until(() => lines.some((l) => /hung: task management ABORT_TASK for 1 command\(s\)/.test(l)));
+    // Release the held command: the abort completes, and it was on the ring for the daemon to see.
+    expect((await k.reconfig(dev, { what: 'dev_config', devConfig: 'fault/ram/1M' })).status).to.equal(0);
+    expect(await abort).to.include({ notified: true, found: true });
+    expect((await task.result).status).to.equal(ScsiStatus.GOOD);
   });
 
   it('logs every CDB at log level 5 and none below it', async () => {

@@ -25,6 +25,15 @@ describe('kernel simulator: task management', () => {
     await sim.close();
   });
 
+  // LUN_RESET_PRO was 8 here: a PREEMPT AND ABORT's pseudo reset (128 on the ring) was logged as
+  // "type 128" and did not reset the LUN's state in the engine. Found checking TMR kinds for test/kernel/timeouts.sh.
+  it('TMR types are the kernel\'s numbers (enum tcmu_tmr_type)', () => {
+    expect(TmrType).to.deep.equal({
+      UNKNOWN: 0, ABORT_TASK: 1, ABORT_TASK_SET: 2, CLEAR_ACA: 3, CLEAR_TASK_SET: 4, LUN_RESET: 5,
+      TARGET_WARM_RESET: 6, TARGET_COLD_RESET: 7, LUN_RESET_PRO: 128,
+    });
+  });
+
   it('ABORT TASK of an in-flight command writes a TMR entry with its id and waits for userspace', async () => {
     const ts = [0, 1, 2, 3].map((i) => sim.start(cdbRead10(i, 1), { dataInLength: 512 }));
     const cmds = be.takeCommands();

@@ -77,7 +77,7 @@ export const TmrEntry = {
   SIZE: 32,
 } as const;
 
-/** enum tcmu_tmr_type. */
+/** enum tcmu_tmr_type (include/uapi/linux/target_core_user.h: the PR OUT pseudo reset is 128, not 8). */
 export const TmrType = {
   UNKNOWN: 0,
   ABORT_TASK: 1,
@@ -87,7 +87,7 @@ export const TmrType = {
   LUN_RESET: 5,
   TARGET_WARM_RESET: 6,
   TARGET_COLD_RESET: 7,
-  LUN_RESET_PRO: 8,
+  LUN_RESET_PRO: 128,
 } as const;
 
 /** SCSI status bytes the ring carries. */

@@ -297,7 +297,7 @@ export class KernelSimulator {
   private readonly clock: SimClock;
   private readonly cmdTimeOutMs: number;
   private readonly qfullTimeOutMs: number;
-  private readonly tmrNotify: boolean;
+  private tmrNotify: boolean;
 
   private cmdrLastCleaned = 0;
   private readonly bitmap: Uint32Array;
@@ -438,6 +438,15 @@ export class KernelSimulator {
       return Promise.resolve({ tmrType: TmrType.ABORT_TASK, found: false, cmdIds: [], abortedQueued: 0, notified: false });
     }
     return this.tmrNotify_(TmrType.ABORT_TASK, [cmd]);
+  }
+
+  /** attrib/tmr_notification written at run time (the kernel takes it at any time; no TMR entry is replayed). */
+  setTmrNotification(on: boolean): void {
+    this.tmrNotify = on;
+  }
+
+  get tmrNotification(): boolean {
+    return this.tmrNotify;
   }
 
   /** LUN RESET: covers every active command of the device. */

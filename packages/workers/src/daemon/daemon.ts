@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { constants as osConstants } from 'node:os';
-import { probeConfig, splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
+import { extractDaemonOptions, probeConfig, splitCfgstring, type HandlerRegistry, type TcmuEvent } from '@tcmu-ts/core';
 import {
   TcmuConfigfsDevice, TcmuNetlink, readUioDevice, scanUioDevices, type ConfigfsIo, type Logger, type UioDevice,
 } from '@tcmu-ts/core/host';
@@ -221,6 +221,16 @@ export class Daemon {
       return -(typeof n === 'number' ? n : (code && (errno as Record<string, number>)[code]) || errno.EINVAL);
     }
     const serial = (await configfs.readUnitSerial().catch(() => undefined)) ?? randomUUID();
+    // The kernel defaults attrib/tmr_notification to 0: ABORT TASK and LUN RESET then never reach
+    // the ring, and a command the initiator gave up on stays invisible until it completes late.
+    // Older kernels have no such attribute (undefined): nothing to turn on there.
+    if (attrs.tmrNotification === false) {
+      try {
+        await configfs.writeAttribute('tmr_notification', 1);
+      } catch (e) {
+        log.warn(`${uio.uio}: cannot turn on tmr_notification (task management will not reach the ring): ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
     let endpoint = this.preopened.get(uio.minor);
     this.preopened.delete(uio.minor);
     try {
@@ -302,7 +312,11 @@ export class Daemon {
         log.info(`write cache ${r.writeCache ? 'on' : 'off'}`);
         return -(await this.supervisor.reconfigure(s.name, { writeCache: r.writeCache }));
       case 'dev_config': {
-        const { subtype, config } = splitCfgstring(r.devConfig);
+        // tcmu-runner's daemon options (;tcmur_cmd_time_out=N;) are ours, not the handler's: taken out as
+        // at adopt, or the handler would see another inner config and be reopened (a fault device with them
+        // could never swap its faults in place). A changed tcmur_cmd_time_out applies from the next start.
+        const { cfgstring: devConfig } = extractDaemonOptions(r.devConfig);
+        const { subtype, config } = splitCfgstring(devConfig);
         if (subtype !== s.uio.name.subtype) return -errno.EINVAL; // the kernel keeps the subtype in the uio name
         const known = this.o.registry.get(subtype);
         const check = known ? await probeConfig(known, config) : undefined;
