@@ -200,7 +200,8 @@ hang_cycle() {
     metrics_get
     tk_match "2.$n /metrics tcmu_tmr_total for A > 0" '^[1-9][0-9]*$' "$(metric tcmu_tmr_total $A)"
     tk_match "2.$n /metrics tcmu_cmd_time_out_exceeded_total for A > 0" '^[1-9][0-9]*$' "$(metric tcmu_cmd_time_out_exceeded_total $A)"
-    tk_log "2.$n A in flight (held by the hang): $(metric tcmu_in_flight_commands $A)"
+    tk_match "2.$n /metrics tcmu_timeouts_total for A > 0 (commands held past cmd_time_out)" '^[1-9][0-9]*$' "$(metric tcmu_timeouts_total $A)"
+    tk_log "2.$n A in flight (held by the hang): $(metric tcmu_in_flight_commands $A); timeouts counted $(metric tcmu_timeouts_total $A), kernel logged $(grep -c "Timing out inflight cmd .* on dev $A\." "$TCMU_OUT/dmesg-hang$n.txt")"
     out=$(ts_cli reconfig $A "$CFG_A" 2>&1); rc=$?
     printf '%s\n' "$out" | sed 's/^/  reconfig: /'
   else
@@ -241,6 +242,7 @@ tk_match "4 /metrics tcmu_cmd_time_out_exceeded_total for A > 0" '^[1-9][0-9]*$'
 tk_eq "4 /metrics tcmu_device_restarts_total for A (no worker restart)" 0 "$(metric tcmu_device_restarts_total $A)"
 tk_eq "4 /metrics tcmu_tmr_total for B" 0 "$(metric tcmu_tmr_total $B)"
 tk_eq "4 /metrics tcmu_cmd_time_out_exceeded_total for B" 0 "$(metric tcmu_cmd_time_out_exceeded_total $B)"
+tk_eq "4 /metrics tcmu_timeouts_total for B" 0 "$(metric tcmu_timeouts_total $B)"
 tk_log "4 A: tmr $(metric tcmu_tmr_total $A), tcmur_cmd_time_out exceeded $(metric tcmu_cmd_time_out_exceeded_total $A), handler errors $(metric tcmu_handler_errors_total $A); kernel TMR event types ${TMR_KINDS_KERNEL}"
 
 : >"$TCMU_OUT/compare.tsv"
