@@ -10,6 +10,10 @@
  *  - A's worker dies (uncaught exception, process.exit, a JS heap leak up to
  *    the worker's heap limit): A restarts on a reset ring and serves again;
  *    B completes every command meanwhile.
+ *  - A runs in a device process (isolation 'process') and dies by a signal:
+ *    process.abort() in its handler (what a native abort() or SIGSEGV does)
+ *    or kill -9 from outside. The rest of the daemon (B, mocha) lives on, A
+ *    restarts on a reset ring, its counters still reach /metrics.
  *
  * No timing is asserted tightly: B's rate during A's trouble must be at least
  * a third of its rate before, and no B command may wait anywhere near
@@ -17,6 +21,7 @@
  */
 import { expect } from 'chai';
 import { fileURLToPath } from 'node:url';
+import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { Initiator, ScsiStatus, cdbRead16 } from '@tcmu-ts/ring';
 import { startMetricsServer } from '@tcmu-ts/workers/metrics';
@@ -155,7 +160,7 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       const resetRing = backendA.resetRing.bind(backendA);
       backendA.resetRing = () => { resets++; resetRing(); };
       const devA = h.sup.devices.get('lunA')!;
-      const firstThread = devA.worker!.threadId;
+      const firstThread = devA.worker!.id;
       const restarted = new Promise((r) => h.sup.once('device-restarted', r));
 
       // A load on A that kills its worker (a leak takes a few hundred 64 KiB writes), B under load meanwhile.
@@ -178,7 +183,7 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect(resets).to.equal(1);
       expect(devA.restarts).to.equal(1);
       expect(devA.state).to.equal('running');
-      expect(devA.worker!.threadId).to.not.equal(firstThread);
+      expect(devA.worker!.id).to.not.equal(firstThread);
       const why = { crash: /deliberate crash/, exit: /worker exited \(code 3\)/, leak: /ERR_WORKER_OUT_OF_MEMORY|out of memory/i }[mode];
       expect(h.logs.some((l) => l.startsWith('error lunA') || l.startsWith('warn lunA') ? why.test(l) : false), `log: ${h.logs.join('\n')}`).to.equal(true);
       expect(h.sup.devices.get('lunB')!.restarts).to.equal(0);
@@ -187,6 +192,67 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect((await a.ini.write(7, data)).status).to.equal(ScsiStatus.GOOD);
       expect((await a.ini.read(7, 1)).data[0]).to.equal(0x3c);
       expect((await b.ini.read(0, 8)).status).to.equal(ScsiStatus.GOOD);
+    });
+  }
+  // A device process dies by a signal: raised by its own handler (abort) or sent from outside (kill -9).
+  for (const how of ['abort', 'kill'] as const) {
+    it(`a device process killed by ${how === 'abort' ? 'process.abort() in its handler' : 'kill -9 from outside'} restarts on a reset ring; B, a thread, answers every command`, async () => {
+      const a = await h.lun(() => 'lunA', lunSpec('misbehave', MISBEHAVING, how === 'abort' ? 'abort-once/4M' : 'ok/4M'), 16, {}, { isolation: 'process' });
+      const b = await h.lun(() => 'lunB', lunSpec('ram', 'ram', '4M'));
+      const devA = h.sup.devices.get('lunA')!;
+      expect(devA.isolation).to.equal('process');
+      expect(h.sup.devices.get('lunB')!.isolation).to.equal('thread');
+      const firstPid = devA.worker!.id;
+      expect(firstPid).to.not.equal(process.pid);
+      let resets = 0;
+      const backendA: SimulatedBackend = a.backend;
+      const resetRing = backendA.resetRing.bind(backendA);
+      backendA.resetRing = () => { resets++; resetRing(); };
+
+      // A serves from its process before the fault (kill: a few writes; abort: none, the first IO aborts).
+      const before = new Uint8Array(BS).fill(0x77);
+      if (how === 'kill') {
+        expect((await a.ini.write(3, before)).status).to.equal(ScsiStatus.GOOD);
+        // Its counters come from the child through the shared memfd.
+        expect((await until(() => snap('lunA'), (s) => s.ops.write.commands >= 1)).ops.write.commands).to.equal(1);
+      }
+
+      const restarted = once(h.sup, 'device-restarted');
+      const exited = once(devA.worker!, 'exit');
+      let stopA = false;
+      const loadA = (async () => {
+        const data = new Uint8Array(8 * BS).fill(2);
+        for (let i = 0; !stopA; i++) {
+          const r = await a.ini.write((i % 100) * 8, data);
+          if (r.status !== ScsiStatus.GOOD) await sleep(1);
+        }
+      })();
+      if (how === 'kill') process.kill(firstPid, 'SIGKILL');
+      const during = await closedLoop(b.ini, 4, restarted);
+      stopA = true;
+      await loadA;
+
+      const [code, signal] = await exited;
+      expect({ code, signal }).to.deep.equal({ code: null, signal: how === 'abort' ? 'SIGABRT' : 'SIGKILL' });
+      expect(during.failed).to.equal(0);
+      expect(during.completed).to.be.greaterThan(0);
+      expect(resets).to.equal(1);
+      expect(devA.restarts).to.equal(1);
+      expect(devA.state).to.equal('running');
+      expect(devA.worker!.id).to.not.equal(firstPid);
+      const sig = how === 'abort' ? 'SIGABRT' : 'SIGKILL';
+      expect(h.logs.some((l) => l.startsWith('warn lunA') && l.includes(`worker exited (signal ${sig}); resetting the ring`)), `log: ${h.logs.join('\n')}`).to.equal(true);
+      expect(h.sup.devices.get('lunB')!.restarts).to.equal(0);
+
+      // A serves again from a new process (the "-once" fault only in the first), B still fine.
+      const data = new Uint8Array(BS).fill(0x3c);
+      expect((await a.ini.write(7, data)).status).to.equal(ScsiStatus.GOOD);
+      expect((await a.ini.read(7, 1)).data[0]).to.equal(0x3c);
+      expect((await b.ini.read(0, 8)).status).to.equal(ScsiStatus.GOOD);
+      // The new process continues the counters the old one left in the memfd.
+      const s = await until(() => snap('lunA'), (x) => x.ops.read.commands >= 1);
+      expect(s.ops.read.commands).to.equal(1);
+      expect(s.ops.write.commands).to.be.greaterThan(how === 'kill' ? 1 : 0);
     });
   }
 });
