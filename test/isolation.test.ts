@@ -22,6 +22,8 @@
 import { expect } from 'chai';
 import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
+import { readFileSync, readdirSync } from 'node:fs';
+import { Child } from './fixtures/child.js';
 import { performance } from 'node:perf_hooks';
 import { Initiator, ScsiStatus, cdbRead16 } from '@tcmu-ts/ring';
 import { startMetricsServer } from '@tcmu-ts/workers/metrics';
@@ -255,4 +257,32 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect(s.ops.write.commands).to.be.greaterThan(how === 'kill' ? 1 : 0);
     });
   }
+  it('tcmu-ts --simulate --isolate-process: a device process per LUN, its counters in /metrics, a clean stop', async () => {
+    const cli = fileURLToPath(new URL('../../packages/workers/dist/cli/main.js', import.meta.url));
+    const d = new Child('tcmu-ts --isolate-process', process.execPath, [
+      cli, '--simulate', '--isolate-process', '--no-dbus', '--metrics-address', '127.0.0.1:0', '--queue-depth', '4', '--lun-size-mb', '16',
+    ]);
+    try {
+      const url = (await d.waitFor((l) => l.startsWith('metrics: '), 'its metrics URL', 15_000)).slice('metrics: '.length).trim();
+      await d.waitFor((l) => /^\[\s*\d+s\] ram0 /.test(l), 'a first figures line', 15_000);
+      const pid = d.proc.pid!;
+      const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+      const devices = children.filter((c) => readFileSync(`/proc/${c}/cmdline`, 'utf8').includes('device-process.js'));
+      expect(devices, `children of ${pid}: ${children.join(' ')}`).to.have.length(2);
+      const text = await (await fetch(url)).text();
+      for (const dev of ['ram0', 'file0']) {
+        const n = Number(new RegExp(`^tcmu_commands_total\\{device="${dev}",op="write"\\} (\\S+)$`, 'm').exec(text)?.[1]);
+        expect(n, `${dev} writes in /metrics`).to.be.greaterThan(0);
+      }
+      d.proc.kill('SIGTERM');
+      const summary = await d.waitFor((l) => l.startsWith('summary: '), 'its summary', 15_000);
+      await d.exited();
+      expect(summary, d.stderr).to.match(/ 0 errors, 0 verify failures$/);
+      expect(d.proc.exitCode, d.stderr).to.equal(0);
+      // The device processes went with it.
+      for (const c of devices) expect(() => readFileSync(`/proc/${c}/cmdline`, 'utf8'), `device process ${c}`).to.throw();
+    } finally {
+      if (d.proc.exitCode === null && d.proc.signalCode === null) await d.kill();
+    }
+  });
 });
