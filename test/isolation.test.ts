@@ -27,7 +27,7 @@ import { Child } from './fixtures/child.js';
 import { performance } from 'node:perf_hooks';
 import { Initiator, ScsiStatus, cdbRead16 } from '@tcmu-ts/ring';
 import { startMetricsServer } from '@tcmu-ts/workers/metrics';
-import type { CounterSnapshot, SimulatedBackend } from '@tcmu-ts/workers';
+import { SimulatedBackend, Supervisor, type CounterSnapshot } from '@tcmu-ts/workers';
 import { LunHarness } from './fixtures/lun-tests.js';
 
 const BS = 512;
@@ -68,6 +68,12 @@ async function closedLoop(ini: Initiator, qd: number, until: Promise<unknown> | 
   stop = true;
   await Promise.all(lanes);
   return { ...w, ratePerS: w.completed / ((performance.now() - t0) / 1000) };
+}
+
+/** The nice value of a thread or process (/proc/<id>/stat, field 19). */
+function niceOf(id: number): number {
+  const stat = readFileSync(`/proc/${id}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
 }
 
 async function until<T>(read: () => T, ok: (v: T) => boolean, ms = 5000): Promise<T> {
@@ -187,6 +193,8 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect(devA.state).to.equal('running');
       expect(devA.worker!.id).to.not.equal(firstThread);
       const why = { crash: /deliberate crash/, exit: /worker exited \(code 3\)/, leak: /ERR_WORKER_OUT_OF_MEMORY|out of memory/i }[mode];
+      // A leaking worker steps down once past half its heap limit, before it is ended.
+      if (mode === 'leak') expect(h.logs.some((l) => /^warn lunA: JS heap at \d+ MiB of its \d+ MiB limit \(a leak\?\): running at CPU nice 10/.test(l)), h.logs.join('\n')).to.equal(true);
       expect(h.logs.some((l) => l.startsWith('error lunA') || l.startsWith('warn lunA') ? why.test(l) : false), `log: ${h.logs.join('\n')}`).to.equal(true);
       expect(h.sup.devices.get('lunB')!.restarts).to.equal(0);
       // A serves again (the "-once" modes misbehave only in the first worker), B still fine.
@@ -242,6 +250,8 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect(devA.restarts).to.equal(1);
       expect(devA.state).to.equal('running');
       expect(devA.worker!.id).to.not.equal(firstPid);
+      // The restarted worker yields the CPU to the LUNs that behave (SupervisorOptions.demotedNice).
+      expect(niceOf(devA.worker!.id)).to.equal(10);
       const sig = how === 'abort' ? 'SIGABRT' : 'SIGKILL';
       expect(h.logs.some((l) => l.startsWith('warn lunA') && l.includes(`worker exited (signal ${sig}); resetting the ring`)), `log: ${h.logs.join('\n')}`).to.equal(true);
       expect(h.sup.devices.get('lunB')!.restarts).to.equal(0);
@@ -257,6 +267,27 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect(s.ops.write.commands).to.be.greaterThan(how === 'kill' ? 1 : 0);
     });
   }
+  it('a restarted worker runs at demotedNice and gets its CPU priority back after a restart window up', async () => {
+    const logs: string[] = [];
+    const sup = new Supervisor({ restartWindowMs: 400, demotedNice: 7, log: (l, d, m) => logs.push(`${l} ${d}: ${m}`) });
+    const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+    try {
+      const dev = await sup.addDevice({ ...lunSpec('ram', 'ram', '4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend, { isolation: 'process' });
+      const first = dev.worker!.id;
+      expect(niceOf(first)).to.equal(0);
+      const restarted = once(sup, 'device-restarted');
+      process.kill(first, 'SIGKILL');
+      await restarted;
+      const second = dev.worker!.id;
+      expect(niceOf(second)).to.equal(7);
+      expect(await until(() => niceOf(second), (n) => n === 0, 5000)).to.equal(0);
+      expect(logs.some((l) => l === 'info lunA: worker up for 0.4 s since its restart: back to normal CPU priority'), logs.join('\n')).to.equal(true);
+    } finally {
+      await sup.stop();
+      await backend.close();
+    }
+  });
+
   it('tcmu-ts --simulate --isolate-process: a device process per LUN, its counters in /metrics, a clean stop', async () => {
     const cli = fileURLToPath(new URL('../../packages/workers/dist/cli/main.js', import.meta.url));
     const d = new Child('tcmu-ts --isolate-process', process.execPath, [

@@ -89,7 +89,8 @@ export type LogLevelName = 'scsi' | 'debug' | 'info' | 'warn' | 'error';
 
 /** Messages a device worker posts to the supervisor. */
 export type WorkerEvent =
-  | { type: 'ready'; numLbas: number }
+  /** tid: the worker's thread (for a device process, its main thread), whose CPU priority the supervisor may change. */
+  | { type: 'ready'; numLbas: number; tid: number }
   | { type: 'open-failed'; reason: string; errno: number }
   | { type: 'ring-broken'; reason: string }
   | { type: 'reconfig-done'; id: number; errno: number; reason?: string }

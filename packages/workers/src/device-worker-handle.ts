@@ -92,6 +92,8 @@ class ProcessWorker extends EventEmitter implements DeviceWorkerHandle {
       reopen: input.reopen,
       logCdbs: input.logCdbs,
       wakeFd: inChild(input.wakeFd),
+      nice: input.nice,
+      heapNice: input.heapNice,
       countersFd: inChild(countersFd),
     };
     this.child.send(init, () => {});

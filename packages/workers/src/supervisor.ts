@@ -7,7 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { hexBytes, naaDesignator } from '@tcmu-ts/core';
-import { closeFd, mapShared, memfdCreate, wake, wakeFdCreate, type SharedMap } from '@tcmu-ts/ring';
+import { closeFd, mapShared, memfdCreate, setThreadNice, wake, wakeFdCreate, type SharedMap } from '@tcmu-ts/ring';
 
 import { COUNTER_BYTES, createCounterBuffer, readCounters, type CounterBlock, type CounterSnapshot } from './counters.js';
 import type { DeviceSpec, LogLevelName, PeerBlocks, PeerIoDone, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
@@ -69,7 +69,18 @@ export interface SupervisorOptions {
   workerHeapMb?: number;
   /** Where device workers run unless addDevice() says otherwise (Isolation). Default 'thread'. */
   isolation?: Isolation;
+  /**
+   * The CPU nice value a misbehaving device worker steps down to, so that on
+   * shared cores it yields to the LUNs that behave: a worker started after
+   * its device's last one died (from its start, module loading included,
+   * back to normal once it has stayed up for `restartWindowMs`), and one
+   * whose JS heap passes half its limit. Default 10 (about a tenth of the
+   * CPU of a nice-0 thread it competes with); 0: never.
+   */
+  demotedNice?: number;
 }
+
+export const DEFAULT_DEMOTED_NICE = 10;
 
 export interface AddDeviceOptions {
   /** This device's worker: a thread or a child process. Default: SupervisorOptions.isolation. */
@@ -119,6 +130,7 @@ export class Supervisor extends EventEmitter {
   private readonly isolation: Isolation;
   /** The memfd behind each process-isolated device's counters, for its workers to map; closed with the device. */
   private readonly counterMemfds = new Map<ManagedDevice, { fd: number; map: SharedMap }>();
+  private readonly demotedNice: number;
 
   constructor(opts: SupervisorOptions = {}) {
     super();
@@ -130,6 +142,7 @@ export class Supervisor extends EventEmitter {
     this.logCdbs = opts.logCdbs ?? false;
     this.workerHeapMb = opts.workerHeapMb ?? DEFAULT_WORKER_HEAP_MB;
     this.isolation = opts.isolation ?? 'thread';
+    this.demotedNice = opts.demotedNice ?? DEFAULT_DEMOTED_NICE;
   }
 
   /**
@@ -282,12 +295,18 @@ export class Supervisor extends EventEmitter {
     if (fd !== undefined) wake(fd);
   }
 
-  private startWorker(dev: ManagedDevice, reopen: boolean): Promise<void> {
+  /** `afterDeath`: the device's last worker died; this one starts demoted (demotedNice). */
+  private startWorker(dev: ManagedDevice, reopen: boolean, afterDeath = false): Promise<void> {
     const spec = { ...dev.spec, numLbas: dev.numLbas };
     const wakeFd = wakeFdCreate();
+    const nice = afterDeath ? this.demotedNice : 0;
     let worker: DeviceWorkerHandle;
+    let restoreNice: NodeJS.Timeout | undefined;
     try {
-      worker = startDeviceWorker(dev.isolation, { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd }, this.workerHeapMb, this.counterMemfds.get(dev)?.fd);
+      worker = startDeviceWorker(
+        dev.isolation, { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd, nice, heapNice: this.demotedNice },
+        this.workerHeapMb, this.counterMemfds.get(dev)?.fd,
+      );
     } catch (e) {
       closeFd(wakeFd);
       return Promise.reject(e);
@@ -301,6 +320,7 @@ export class Supervisor extends EventEmitter {
           case 'ready':
             dev.numLbas = e.numLbas;
             dev.state = 'running';
+            if (nice > 0) restoreNice = this.restorePriorityLater(dev, e.tid);
             settled = true;
             resolve();
             this.emit('device-ready', dev);
@@ -344,6 +364,7 @@ export class Supervisor extends EventEmitter {
         }
       });
       worker.on('exit', (code: number | null, signal: string | null) => {
+        clearTimeout(restoreNice);
         this.wakeFds.delete(worker);
         closeFd(wakeFd);
         if (dev.worker === worker) dev.worker = undefined;
@@ -358,6 +379,20 @@ export class Supervisor extends EventEmitter {
         if (dev.state === 'running') void this.restart(dev, signal ? `signal ${signal}` : `code ${code}`);
       });
     });
+  }
+
+  /** A restarted worker that stays up for a restart window gets its CPU priority back. */
+  private restorePriorityLater(dev: ManagedDevice, tid: number): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      try {
+        setThreadNice(tid, 0);
+        this.log('info', dev.spec.name, `worker up for ${this.restartWindowMs / 1000} s since its restart: back to normal CPU priority`);
+      } catch (e) {
+        this.log('warn', dev.spec.name, `cannot give the restarted worker its CPU priority back: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }, this.restartWindowMs);
+    t.unref();
+    return t;
   }
 
   /** Keep the new states for restarts, and write them to configfs as tcmu-runner does. */
@@ -459,7 +494,7 @@ export class Supervisor extends EventEmitter {
       await dev.backend.block();
       // Commands that were on the ring were never acknowledged: the kernel fails them and the initiator retries.
       await dev.backend.resetRing();
-      await this.startWorker(dev, true);
+      await this.startWorker(dev, true, true);
       await dev.backend.unblock();
       this.emit('device-restarted', dev);
     } catch (e) {

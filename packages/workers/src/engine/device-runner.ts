@@ -4,7 +4,8 @@
  * (device-worker.ts) and the child process (device-process.ts) differ only
  * in the SupervisorLink they hand to runDeviceWorker().
  */
-import { errnoNumber } from '@tcmu-ts/ring';
+import { getHeapStatistics } from 'node:v8';
+import { errnoNumber, setThreadNice, threadTid } from '@tcmu-ts/ring';
 import { errnoError, loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
 import { fromWire, toWire, type PeerLink } from './executor.js';
 import { CounterWriter } from '../counters.js';
@@ -21,7 +22,14 @@ export interface WorkerInput {
   logCdbs: boolean;
   /** Signalled by the supervisor after each message it posts (EngineOptions.wakeFd). */
   wakeFd: number;
+  /** Run at this nice value from the start (0: as the supervisor): a worker restarted after its device's last one died. */
+  nice: number;
+  /** Take this nice value once the JS heap passes half its limit (0: never). */
+  heapNice: number;
 }
+
+/** How often a worker looks at its JS heap (heapNice). */
+const HEAP_CHECK_MS = 200;
 
 /** The worker's end of its channel to the supervisor. */
 export interface SupervisorLink {
@@ -37,6 +45,8 @@ export interface SupervisorLink {
 export async function runDeviceWorker(input: WorkerInput, link: SupervisorLink): Promise<void> {
   const { spec, counters, reopen, logCdbs, wakeFd } = input;
   const post = (e: WorkerEvent) => link.post(e);
+  const tid = threadTid();
+  if (input.nice > 0) lowerPriority(tid, input.nice, (m) => post({ type: 'log', level: 'warn', msg: m }));
   const log = {
     scsi: (msg: string) => post({ type: 'log', level: 'scsi', msg }),
     debug: (msg: string) => post({ type: 'log', level: 'debug', msg }),
@@ -132,12 +142,42 @@ export async function runDeviceWorker(input: WorkerInput, link: SupervisorLink):
         break;
     }
   });
-  post({ type: 'ready', numLbas: dev.numLbas });
+  post({ type: 'ready', numLbas: dev.numLbas, tid });
+  const heapWatch = input.heapNice > input.nice ? watchHeap(tid, input.heapNice, log) : undefined;
   await eng.run();
+  clearInterval(heapWatch);
   await opened.close();
   map.unmap();
   post({ type: 'stopped' });
   link.close();
+}
+
+/** Best effort: without the right to (a seccomp filter, say) the worker runs on at its priority. */
+function lowerPriority(tid: number, nice: number, warn: (msg: string) => void): void {
+  try {
+    setThreadNice(tid, nice);
+  } catch (e) {
+    warn(`cannot lower this worker's CPU priority: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+/**
+ * A worker whose JS heap passes half its limit is leaking, most likely, and
+ * will be ended when it reaches it; until then its garbage collector takes
+ * CPU the other LUNs need, so it steps down to `nice`. Checked on a timer,
+ * never per command.
+ */
+function watchHeap(tid: number, nice: number, log: { warn(msg: string): void }): NodeJS.Timeout {
+  const limit = getHeapStatistics().heap_size_limit;
+  const timer = setInterval(() => {
+    const used = getHeapStatistics().used_heap_size;
+    if (used < limit / 2) return;
+    clearInterval(timer);
+    log.warn(`JS heap at ${used >> 20} MiB of its ${limit >> 20} MiB limit (a leak?): running at CPU nice ${nice} from now on`);
+    lowerPriority(tid, nice, log.warn);
+  }, HEAP_CHECK_MS);
+  timer.unref();
+  return timer;
 }
 
 /**
