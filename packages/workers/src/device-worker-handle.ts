@@ -3,7 +3,7 @@
  * or a child process. Both run the same engine (engine/device-runner.ts);
  * the supervisor talks to either through this one shape.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
@@ -74,11 +74,10 @@ class ProcessWorker extends EventEmitter implements DeviceWorkerHandle {
     const { ring } = input.spec;
     const fds = [...new Set([ring.mapFd, ring.eventFd, input.wakeFd, countersFd])];
     const inChild = (fd: number) => 4 + fds.indexOf(fd);
-    this.child = fork(PROCESS_PATH, [], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...fds],
-      serialization: 'advanced',
-      execArgv: [...process.execArgv, ...(heapMb > 0 ? [`--max-old-space-size=${heapMb}`] : [])],
-    });
+    const node = [process.execPath, ...process.execArgv, ...(heapMb > 0 ? [`--max-old-space-size=${heapMb}`] : []), PROCESS_PATH];
+    // A demoted child starts under nice(1): every thread of it (V8's GC threads, the libuv pool) inherits the nice value.
+    const [cmd, ...args] = input.nice > 0 ? ['nice', '-n', String(input.nice), ...node] : node;
+    this.child = spawn(cmd, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...fds], serialization: 'advanced' });
     this.child.on('message', (e: WorkerEvent) => {
       if (e.type === 'crashed') this.emit('error', new Error(e.message));
       else this.emit('message', e);
@@ -94,6 +93,7 @@ class ProcessWorker extends EventEmitter implements DeviceWorkerHandle {
       wakeFd: inChild(input.wakeFd),
       nice: input.nice,
       heapNice: input.heapNice,
+      heapMb: input.heapMb,
       countersFd: inChild(countersFd),
     };
     this.child.send(init, () => {});

@@ -6,6 +6,7 @@
  * never by message.
  */
 import { EventEmitter } from 'node:events';
+import { readdirSync } from 'node:fs';
 import { hexBytes, naaDesignator } from '@tcmu-ts/core';
 import { closeFd, mapShared, memfdCreate, setThreadNice, wake, wakeFdCreate, type SharedMap } from '@tcmu-ts/ring';
 
@@ -81,6 +82,7 @@ export interface SupervisorOptions {
 }
 
 export const DEFAULT_DEMOTED_NICE = 10;
+const ESRCH = 3;
 
 export interface AddDeviceOptions {
   /** This device's worker: a thread or a child process. Default: SupervisorOptions.isolation. */
@@ -304,7 +306,7 @@ export class Supervisor extends EventEmitter {
     let restoreNice: NodeJS.Timeout | undefined;
     try {
       worker = startDeviceWorker(
-        dev.isolation, { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd, nice, heapNice: this.demotedNice },
+        dev.isolation, { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd, nice, heapNice: this.demotedNice, heapMb: this.workerHeapMb },
         this.workerHeapMb, this.counterMemfds.get(dev)?.fd,
       );
     } catch (e) {
@@ -381,11 +383,18 @@ export class Supervisor extends EventEmitter {
     });
   }
 
-  /** A restarted worker that stays up for a restart window gets its CPU priority back. */
+  /** A restarted worker that stays up for a restart window gets its CPU priority back (a device process: every thread of it). */
   private restorePriorityLater(dev: ManagedDevice, tid: number): NodeJS.Timeout {
     const t = setTimeout(() => {
       try {
-        setThreadNice(tid, 0);
+        const tids = dev.isolation === 'process' ? readdirSync(`/proc/${tid}/task`).map(Number) : [tid];
+        for (const id of tids) {
+          try {
+            setThreadNice(id, 0);
+          } catch (e) {
+            if ((e as { errno?: number }).errno !== ESRCH) throw e; // a thread that ended meanwhile
+          }
+        }
         this.log('info', dev.spec.name, `worker up for ${this.restartWindowMs / 1000} s since its restart: back to normal CPU priority`);
       } catch (e) {
         this.log('warn', dev.spec.name, `cannot give the restarted worker its CPU priority back: ${e instanceof Error ? e.message : String(e)}`);

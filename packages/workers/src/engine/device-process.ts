@@ -67,7 +67,7 @@ process.on('message', (m: ProcessWorkerInit | SupervisorCommand) => {
     return;
   }
   const counters = mapShared(m.countersFd, COUNTER_BYTES).buffer;
-  const input: WorkerInput = { spec: m.spec, counters, reopen: m.reopen, logCdbs: m.logCdbs, wakeFd: m.wakeFd, nice: m.nice, heapNice: m.heapNice };
+  const input: WorkerInput = { spec: m.spec, counters, reopen: m.reopen, logCdbs: m.logCdbs, wakeFd: m.wakeFd, nice: m.nice, heapNice: m.heapNice, heapMb: m.heapMb };
   runDeviceWorker(input, link).catch((e) => {
     setImmediate(() => { throw e; });
   });

@@ -4,6 +4,7 @@
  * (device-worker.ts) and the child process (device-process.ts) differ only
  * in the SupervisorLink they hand to runDeviceWorker().
  */
+import { PerformanceObserver } from 'node:perf_hooks';
 import { getHeapStatistics } from 'node:v8';
 import { errnoNumber, setThreadNice, threadTid } from '@tcmu-ts/ring';
 import { errnoError, loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
@@ -22,14 +23,17 @@ export interface WorkerInput {
   logCdbs: boolean;
   /** Signalled by the supervisor after each message it posts (EngineOptions.wakeFd). */
   wakeFd: number;
-  /** Run at this nice value from the start (0: as the supervisor): a worker restarted after its device's last one died. */
+  /**
+   * The nice value this worker starts at (0: the supervisor's), set by its
+   * entry before the engine loads: a worker restarted after its device's
+   * last one died.
+   */
   nice: number;
   /** Take this nice value once the JS heap passes half its limit (0: never). */
   heapNice: number;
+  /** The JS heap limit (old generation) the supervisor gave this worker in MiB; 0: V8's own. */
+  heapMb: number;
 }
-
-/** How often a worker looks at its JS heap (heapNice). */
-const HEAP_CHECK_MS = 200;
 
 /** The worker's end of its channel to the supervisor. */
 export interface SupervisorLink {
@@ -46,7 +50,6 @@ export async function runDeviceWorker(input: WorkerInput, link: SupervisorLink):
   const { spec, counters, reopen, logCdbs, wakeFd } = input;
   const post = (e: WorkerEvent) => link.post(e);
   const tid = threadTid();
-  if (input.nice > 0) lowerPriority(tid, input.nice, (m) => post({ type: 'log', level: 'warn', msg: m }));
   const log = {
     scsi: (msg: string) => post({ type: 'log', level: 'scsi', msg }),
     debug: (msg: string) => post({ type: 'log', level: 'debug', msg }),
@@ -143,9 +146,9 @@ export async function runDeviceWorker(input: WorkerInput, link: SupervisorLink):
     }
   });
   post({ type: 'ready', numLbas: dev.numLbas, tid });
-  const heapWatch = input.heapNice > input.nice ? watchHeap(tid, input.heapNice, log) : undefined;
+  const heapWatch = input.heapNice > input.nice ? watchHeap(tid, input.heapNice, input.heapMb, log) : undefined;
   await eng.run();
-  clearInterval(heapWatch);
+  heapWatch?.disconnect();
   await opened.close();
   map.unmap();
   post({ type: 'stopped' });
@@ -164,20 +167,23 @@ function lowerPriority(tid: number, nice: number, warn: (msg: string) => void): 
 /**
  * A worker whose JS heap passes half its limit is leaking, most likely, and
  * will be ended when it reaches it; until then its garbage collector takes
- * CPU the other LUNs need, so it steps down to `nice`. Checked on a timer,
- * never per command.
+ * CPU the other LUNs need, so it steps down to `nice`. Looked at after each
+ * garbage collection, which a growing heap cannot skip (a timer can be
+ * outrun by a fast leak), and never per command: a worker that allocates
+ * nothing per command seldom collects.
  */
-function watchHeap(tid: number, nice: number, log: { warn(msg: string): void }): NodeJS.Timeout {
-  const limit = getHeapStatistics().heap_size_limit;
-  const timer = setInterval(() => {
+function watchHeap(tid: number, nice: number, heapMb: number, log: { warn(msg: string): void }): PerformanceObserver {
+  // heap_size_limit also counts the young generation's reserve: twice the old generation's limit, or more.
+  const limit = heapMb > 0 ? heapMb * 2 ** 20 : getHeapStatistics().heap_size_limit / 2;
+  const obs = new PerformanceObserver(() => {
     const used = getHeapStatistics().used_heap_size;
     if (used < limit / 2) return;
-    clearInterval(timer);
+    obs.disconnect();
     log.warn(`JS heap at ${used >> 20} MiB of its ${limit >> 20} MiB limit (a leak?): running at CPU nice ${nice} from now on`);
     lowerPriority(tid, nice, log.warn);
-  }, HEAP_CHECK_MS);
-  timer.unref();
-  return timer;
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  return obs;
 }
 
 /**

@@ -5,10 +5,12 @@
  * the supervisor restarts it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { setThreadNice, threadTid } from '@tcmu-ts/ring';
 import type { SupervisorCommand, WorkerEvent } from '../device-spec.js';
-import { runDeviceWorker, type SupervisorLink, type WorkerInput } from './device-runner.js';
+import type { SupervisorLink, WorkerInput } from './device-runner.js';
 
 const port = parentPort!;
+const input = workerData as WorkerInput;
 const link: SupervisorLink = {
   sharesMemory: true,
   post: (e: WorkerEvent) => port.postMessage(e),
@@ -16,7 +18,17 @@ const link: SupervisorLink = {
   close: () => port.close(),
 };
 
-runDeviceWorker(workerData as WorkerInput, link).catch((e) => {
+// Demoted before the engine's modules load: loading them is most of what a restart costs.
+if (input.nice > 0) {
+  try {
+    setThreadNice(threadTid(), input.nice);
+  } catch (e) {
+    link.post({ type: 'log', level: 'warn', msg: `cannot lower this worker's CPU priority: ${e instanceof Error ? e.message : String(e)}` });
+  }
+}
+const { runDeviceWorker } = await import('./device-runner.js');
+
+runDeviceWorker(input, link).catch((e) => {
   // Rethrown so the thread dies with an 'error' event the supervisor sees.
   setImmediate(() => { throw e; });
 });
