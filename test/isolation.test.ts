@@ -323,4 +323,19 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       if (d.proc.exitCode === null && d.proc.signalCode === null) await d.kill();
     }
   });
+  it('tcmu-ts --isolate-process killed -9: its device processes exit too (none keeps a ring open against the next daemon)', async () => {
+    const cli = fileURLToPath(new URL('../../packages/workers/dist/cli/main.js', import.meta.url));
+    const d = new Child('tcmu-ts --isolate-process', process.execPath, [cli, '--simulate', '--isolate-process', '--no-dbus', '--no-metrics', '--lun-size-mb', '16']);
+    let devices: string[] = [];
+    try {
+      await d.waitFor((l) => /^\[\s*\d+s\] file0 /.test(l), 'a figures line', 15_000);
+      const pid = d.proc.pid!;
+      devices = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+      expect(devices).to.have.length(2);
+    } finally {
+      await d.kill('SIGKILL');
+    }
+    const alive = () => devices.filter((c) => { try { return readFileSync(`/proc/${c}/stat`, 'utf8').split(') ')[1][0] !== 'Z'; } catch { return false; } });
+    expect(await until(alive, (a) => a.length === 0, 10_000), 'device processes still running').to.deep.equal([]);
+  });
 });

@@ -82,8 +82,11 @@ class ProcessWorker extends EventEmitter implements DeviceWorkerHandle {
       if (e.type === 'crashed') this.emit('error', new Error(e.message));
       else this.emit('message', e);
     });
-    // Failing to start (or to send to) the child: it is gone or going; 'exit' follows when it ran.
-    this.child.on('error', (err) => this.emit('error', err));
+    // Failing to send to the child: it is gone or going, and 'exit' follows. Failing to start it: no 'exit' comes, so say it here.
+    this.child.on('error', (err) => {
+      this.emit('error', err);
+      if (this.child.pid === undefined) this.emit('exit', null, null);
+    });
     this.child.on('exit', (code, signal) => this.emit('exit', code, signal));
     const init: ProcessWorkerInit = {
       type: 'init',
