@@ -295,6 +295,36 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
     }
   });
 
+  for (const isolation of ['thread', 'process'] as const) {
+    it(`removing a device while its ${isolation} worker is being restarted: the restart ends with the device, no worker left behind`, async () => {
+      const logs: string[] = [];
+      let removal: Promise<void> | undefined;
+      const sup: Supervisor = new Supervisor({
+        log: (l, d, m) => {
+          logs.push(`${l} ${d}: ${m}`);
+          // The moment the supervisor decides to restart, the device goes (as the bench's run ends, or a netlink REMOVED_DEVICE).
+          if (/resetting the ring and restarting/.test(m)) removal ??= sup.removeDevice('lunA');
+        },
+      });
+      const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+      try {
+        const dev = await sup.addDevice({ ...lunSpec('misbehave', MISBEHAVING, 'exit/4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend, { isolation });
+        const ini = new Initiator(backend.sim, { blockSize: BS });
+        void ini.write(0, new Uint8Array(BS)); // its worker exits on this one
+        await until(() => removal, (r) => r !== undefined);
+        await removal;
+        expect(dev.state).to.equal('stopped');
+        expect(dev.worker).to.equal(undefined);
+        expect(sup.devices.has('lunA')).to.equal(false);
+        expect(dev.restarts).to.equal(1);
+        expect(logs.filter((l) => /restart failed|worker crashed|giving up/.test(l)), logs.join('\n')).to.deep.equal([]);
+      } finally {
+        await sup.stop();
+        await backend.close();
+      }
+    });
+  }
+
   it('tcmu-ts --simulate --isolate-process: a device process per LUN, its counters in /metrics, a clean stop', async () => {
     const cli = fileURLToPath(new URL('../../packages/workers/dist/cli/main.js', import.meta.url));
     const d = new Child('tcmu-ts --isolate-process', process.execPath, [

@@ -127,6 +127,8 @@ export class Supervisor extends EventEmitter {
   private readonly forwards = new Map<number, PeerForward>();
   private nextForwardId = 1;
   private readonly naaCache = new WeakMap<DeviceSpec, string>();
+  /** Restarts under way, which a removal waits for. */
+  private readonly restartsUnderWay = new Map<ManagedDevice, Promise<void>>();
   /** Each worker's wake eventfd (EngineOptions.wakeFd), closed when it exits. */
   private readonly wakeFds = new Map<DeviceWorkerHandle, number>();
   private readonly isolation: Isolation;
@@ -208,6 +210,8 @@ export class Supervisor extends EventEmitter {
     const dev = this.devices.get(name);
     if (!dev) return;
     dev.state = 'stopping';
+    // A restart under way sees 'stopping' and starts no worker, or leaves the one it started to the stop below.
+    await this.restartsUnderWay.get(dev);
     const w = dev.worker;
     if (w) {
       const exited = new Promise<void>((r) => w.once('exit', () => r()));
@@ -321,7 +325,8 @@ export class Supervisor extends EventEmitter {
         switch (e.type) {
           case 'ready':
             dev.numLbas = e.numLbas;
-            dev.state = 'running';
+            // Not over 'stopping': a removal while this worker started has its stop queued already.
+            if (dev.state === 'starting' || dev.state === 'restarting') dev.state = 'running';
             if (nice > 0) restoreNice = this.restorePriorityLater(dev, e.tid);
             settled = true;
             resolve();
@@ -378,7 +383,11 @@ export class Supervisor extends EventEmitter {
           dev.lastError ??= `worker exited (${signal ? `signal ${signal}` : `code ${code}`}) while starting`;
           reject(new Error(`${dev.spec.name}: ${dev.lastError}`));
         }
-        if (dev.state === 'running') void this.restart(dev, signal ? `signal ${signal}` : `code ${code}`);
+        if (dev.state === 'running') {
+          const restarting = this.restart(dev, signal ? `signal ${signal}` : `code ${code}`);
+          this.restartsUnderWay.set(dev, restarting);
+          void restarting.finally(() => this.restartsUnderWay.delete(dev));
+        }
       });
     });
   }
@@ -503,9 +512,10 @@ export class Supervisor extends EventEmitter {
       await dev.backend.block();
       // Commands that were on the ring were never acknowledged: the kernel fails them and the initiator retries.
       await dev.backend.resetRing();
+      if (dev.state !== 'restarting') return; // removed meanwhile
       await this.startWorker(dev, true, true);
       await dev.backend.unblock();
-      this.emit('device-restarted', dev);
+      if ((dev.state as DeviceState) === 'running') this.emit('device-restarted', dev);
     } catch (e) {
       dev.state = 'failed';
       dev.lastError = e instanceof Error ? e.message : String(e);
