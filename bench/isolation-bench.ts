@@ -3,7 +3,9 @@
  * one of the same daemon? (issue 17, item 3)
  *
  * One supervisor with its default restart policy (5 restarts a minute, then
- * the device is marked failed) and a 64 MiB JS heap per device worker. LUN B
+ * the device is marked failed) and demotion (a restarted worker, and one
+ * past half its heap limit, run at nice 10), and a 64 MiB JS heap per
+ * device worker. LUN B
  * (ram, 64 MiB) is under a constant load (4 KiB random, 50 % reads, QD16)
  * for the whole bench. Runs alternate: a baseline (B alone) and a fault run,
  * in which LUN A (its own worker and simulated kernel) is added with one of
@@ -191,7 +193,9 @@ export async function main(argv: string[]): Promise<number> {
     setup: {
       b: `ram ${LUN_MB} MiB, 4 KiB random, 50 % reads, QD16, plugged batches (bench/lib/load.ts)`,
       a: 'QD4 paced writes of 64 KiB (1 ms pause after each answer); its own worker and simulated kernel (cmd_time_out 1 s)',
-      workerHeapMb: HEAP_MB, restartPolicy: '5 restarts a minute, then failed (Supervisor defaults)', seconds, warmupMs, repeat,
+      workerHeapMb: HEAP_MB, restartPolicy: '5 restarts a minute, then failed (Supervisor defaults)',
+      demotion: 'Supervisor default: a restarted worker, and one past half its heap limit, run at nice 10',
+      seconds, warmupMs, repeat,
     },
     baseline: { iops: baseIops, runs: base.map((r) => r.iops), p99Us: base.map((r) => r.p99Us) },
     control: { what: 'A present with the same paced load and a handler that behaves (misbehaving-handler ok/)', iops: controlIops, runs: control.map((r) => r.iops), p99Us: control.map((r) => r.p99Us) },
