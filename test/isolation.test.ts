@@ -295,6 +295,72 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
     }
   });
 
+  it('a crash loop is restarted with a growing back-off, the first restart at once', async () => {
+    const logs: { at: number; line: string }[] = [];
+    const restartedAt: number[] = [];
+    let removal: Promise<void> | undefined;
+    const sup: Supervisor = new Supervisor({
+      restartBackoffMs: 100,
+      log: (l, d, m) => {
+        logs.push({ at: performance.now(), line: `${l} ${d}: ${m}` });
+        if (/restart 4, in/.test(m)) removal = sup.removeDevice('lunA');
+      },
+    });
+    sup.on('device-restarted', () => restartedAt.push(performance.now()));
+    const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+    try {
+      await sup.addDevice({ ...lunSpec('misbehave', MISBEHAVING, 'exit/4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend);
+      const ini = new Initiator(backend.sim, { blockSize: BS });
+      // Every worker exits on its first IO; keep IO coming until the device is removed.
+      while (!removal) {
+        const r = await ini.write(0, new Uint8Array(BS));
+        if (r.status !== ScsiStatus.GOOD) await new Promise((res) => setImmediate(res));
+      }
+      await removal;
+      const restarting = logs.filter((x) => /resetting the ring and restarting/.test(x.line));
+      expect(restarting.map((x) => /\(restart (\d+)(?:, in (\d+) ms)?\)/.exec(x.line)!.slice(1).map((v) => v && Number(v)))).to.deep.equal([
+        [1, undefined], [2, 100], [3, 200], [4, 400],
+      ]);
+      // Each delayed restart came no sooner than its delay after the death that caused it.
+      expect(restartedAt).to.have.length(3);
+      expect(restartedAt[1] - restarting[1].at).to.be.at.least(100);
+      expect(restartedAt[2] - restarting[2].at).to.be.at.least(200);
+      expect(sup.devices.has('lunA')).to.equal(false);
+    } finally {
+      await sup.stop();
+      await backend.close();
+    }
+  });
+
+  it('removing a device cuts its restart back-off short', async () => {
+    let removal: Promise<void> | undefined;
+    let backOffLoggedAt = 0;
+    const sup: Supervisor = new Supervisor({
+      restartBackoffMs: 20_000,
+      log: (l, d, m) => {
+        if (!/restart 2, in 20000 ms/.test(m)) return;
+        backOffLoggedAt = performance.now();
+        removal = sup.removeDevice('lunA');
+      },
+    });
+    const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+    try {
+      const dev = await sup.addDevice({ ...lunSpec('misbehave', MISBEHAVING, 'exit/4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend);
+      const ini = new Initiator(backend.sim, { blockSize: BS });
+      while (!removal) {
+        const r = await ini.write(0, new Uint8Array(BS));
+        if (r.status !== ScsiStatus.GOOD) await new Promise((res) => setImmediate(res));
+      }
+      await removal;
+      expect(performance.now() - backOffLoggedAt, 'removal waited out the 20 s back-off').to.be.below(10_000);
+      expect(dev.state).to.equal('stopped');
+      expect(dev.worker).to.equal(undefined);
+    } finally {
+      await sup.stop();
+      await backend.close();
+    }
+  });
+
   for (const isolation of ['thread', 'process'] as const) {
     it(`removing a device while its ${isolation} worker is being restarted: the restart ends with the device, no worker left behind`, async () => {
       const logs: string[] = [];

@@ -55,6 +55,14 @@ export interface SupervisorOptions {
   log?: SupervisorLog;
   /** More restarts than this inside `restartWindowMs` mark the device failed. */
   maxRestarts?: number;
+  /**
+   * A worker that dies again within `restartWindowMs` is restarted after
+   * this delay, doubled for each further death (250, 500, 1000, 2000 ms
+   * with the defaults); the first restart is immediate. The device stays
+   * blocked meanwhile, so keep the sum well below the kernel's
+   * cmd_time_out (30 s). Default 250; 0: no delay.
+   */
+  restartBackoffMs?: number;
   restartWindowMs?: number;
   /** Log every CDB (tcmu-runner's log level 5); costs a message per command. */
   logCdbs?: boolean;
@@ -127,6 +135,9 @@ export class Supervisor extends EventEmitter {
   private readonly forwards = new Map<number, PeerForward>();
   private nextForwardId = 1;
   private readonly naaCache = new WeakMap<DeviceSpec, string>();
+  /** Restarts waiting out their back-off, which a removal cuts short. */
+  private readonly backOffs = new Map<ManagedDevice, () => void>();
+  private readonly restartBackoffMs: number;
   /** Restarts under way, which a removal waits for. */
   private readonly restartsUnderWay = new Map<ManagedDevice, Promise<void>>();
   /** Each worker's wake eventfd (EngineOptions.wakeFd), closed when it exits. */
@@ -147,6 +158,7 @@ export class Supervisor extends EventEmitter {
     this.workerHeapMb = opts.workerHeapMb ?? DEFAULT_WORKER_HEAP_MB;
     this.isolation = opts.isolation ?? 'thread';
     this.demotedNice = opts.demotedNice ?? DEFAULT_DEMOTED_NICE;
+    this.restartBackoffMs = opts.restartBackoffMs ?? 250;
   }
 
   /**
@@ -211,6 +223,7 @@ export class Supervisor extends EventEmitter {
     if (!dev) return;
     dev.state = 'stopping';
     // A restart under way sees 'stopping' and starts no worker, or leaves the one it started to the stop below.
+    this.backOffs.get(dev)?.();
     await this.restartsUnderWay.get(dev);
     const w = dev.worker;
     if (w) {
@@ -392,6 +405,18 @@ export class Supervisor extends EventEmitter {
     });
   }
 
+  /** Wait `ms` before a restart, or less if the device is removed meanwhile. */
+  private backOff(dev: ManagedDevice, ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      this.backOffs.set(dev, done);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+    }).finally(() => this.backOffs.delete(dev));
+  }
+
   /** A restarted worker that stays up for a restart window gets its CPU priority back (a device process: every thread of it). */
   private restorePriorityLater(dev: ManagedDevice, tid: number): NodeJS.Timeout {
     const t = setTimeout(() => {
@@ -507,11 +532,15 @@ export class Supervisor extends EventEmitter {
     dev.state = 'restarting';
     dev.restarts++;
     this.workerRestarts++;
-    this.log('warn', dev.spec.name, `worker exited (${how}); resetting the ring and restarting (restart ${dev.restarts})`);
+    // The first death in a window restarts at once; a loop of them is spread out, its start-up CPU with it.
+    const delayMs = times.length >= 2 ? this.restartBackoffMs * 2 ** (times.length - 2) : 0;
+    this.log('warn', dev.spec.name, `worker exited (${how}); resetting the ring and restarting (restart ${dev.restarts}${delayMs ? `, in ${delayMs} ms` : ''})`);
     try {
       await dev.backend.block();
       // Commands that were on the ring were never acknowledged: the kernel fails them and the initiator retries.
       await dev.backend.resetRing();
+      // Blocked meanwhile: new commands wait in the kernel, which fails them only after its cmd_time_out.
+      if (delayMs > 0) await this.backOff(dev, delayMs);
       if (dev.state !== 'restarting') return; // removed meanwhile
       await this.startWorker(dev, true, true);
       await dev.backend.unblock();
