@@ -117,7 +117,7 @@ describe('engine end to end through the simulator', function () {
     const b2 = backend();
     const d1 = await sup.addDevice(spec('a', 'ram', 'ram', '4M', b1), b1);
     const d2 = await sup.addDevice(spec('b', 'file', 'file', join(dir, 'b.img'), b2), b2);
-    expect(d1.worker!.threadId).to.not.equal(d2.worker!.threadId);
+    expect(d1.worker!.id).to.not.equal(d2.worker!.id);
     const i1 = new Initiator(b1.sim, { blockSize: BS });
     const i2 = new Initiator(b2.sim, { blockSize: BS });
     const jobs = [];
@@ -147,7 +147,7 @@ describe('engine end to end through the simulator', function () {
     }
     const acked = await Promise.all(Array.from({ length: 40 }, (_, i) => ini.write(i * 4, pattern(i * 4, 4, 7 + i))));
     expect(acked.every((r) => r.ok)).to.equal(true);
-    const firstThread = dev.worker!.threadId;
+    const firstThread = dev.worker!.id;
     const restarted = new Promise((r) => sup.once('device-restarted', r));
     // Commands in flight when the worker dies are failed by the ring reset (BUSY, so initiators retry).
     const inFlight = Promise.all(Array.from({ length: 8 }, (_, i) => ini.write(1000 + i, pattern(1000 + i, 1, 99))));
@@ -160,7 +160,7 @@ describe('engine end to end through the simulator', function () {
     // The new worker starts on a reset ring, with the device blocked meanwhile.
     expect(calls).to.deep.equal(['block', 'resetRing', 'unblock']);
     expect(b.sim.counters()).to.include({ broken: false, blocked: false });
-    expect(dev.worker!.threadId).to.not.equal(firstThread);
+    expect(dev.worker!.id).to.not.equal(firstThread);
     expect(logs.some((l) => l.includes('deliberate crash'))).to.equal(true);
     const scratch = new Uint8Array(BS);
     for (let i = 0; i < 40; i++) {

@@ -10,6 +10,10 @@
  *  - A's worker dies (uncaught exception, process.exit, a JS heap leak up to
  *    the worker's heap limit): A restarts on a reset ring and serves again;
  *    B completes every command meanwhile.
+ *  - A runs in a device process (isolation 'process') and dies by a signal:
+ *    process.abort() in its handler (what a native abort() or SIGSEGV does)
+ *    or kill -9 from outside. The rest of the daemon (B, mocha) lives on, A
+ *    restarts on a reset ring, its counters still reach /metrics.
  *
  * No timing is asserted: B must complete commands, every one of them GOOD
  * and none timed out by its kernel, while A's are held. How fast B goes
@@ -19,10 +23,13 @@
  */
 import { expect } from 'chai';
 import { fileURLToPath } from 'node:url';
+import { once } from 'node:events';
+import { readFileSync, readdirSync } from 'node:fs';
+import { Child } from './fixtures/child.js';
 import { performance } from 'node:perf_hooks';
 import { Initiator, ScsiStatus, cdbRead16 } from '@tcmu-ts/ring';
 import { startMetricsServer } from '@tcmu-ts/workers/metrics';
-import type { CounterSnapshot, SimulatedBackend } from '@tcmu-ts/workers';
+import { SimulatedBackend, Supervisor, type CounterSnapshot } from '@tcmu-ts/workers';
 import { LunHarness } from './fixtures/lun-tests.js';
 
 const BS = 512;
@@ -58,6 +65,16 @@ async function closedLoop(ini: Initiator, qd: number, until: Promise<unknown> | 
   stop = true;
   await Promise.all(lanes);
   return w;
+}
+
+/** The nice value of a thread or process (/proc/<id>/stat, field 19). */
+function niceOf(id: number): number {
+  const stat = readFileSync(`/proc/${id}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+}
+/** The nice values of every thread of process `pid`, as a sorted set. */
+function nicesOfThreads(pid: number): number[] {
+  return [...new Set(readdirSync(`/proc/${pid}/task`).map((t) => niceOf(Number(t))))].sort();
 }
 
 async function until<T>(read: () => T, ok: (v: T) => boolean, ms = 5000): Promise<T> {
@@ -151,7 +168,7 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       const resetRing = backendA.resetRing.bind(backendA);
       backendA.resetRing = () => { resets++; resetRing(); };
       const devA = h.sup.devices.get('lunA')!;
-      const firstThread = devA.worker!.threadId;
+      const firstThread = devA.worker!.id;
       const restarted = new Promise((r) => h.sup.once('device-restarted', r));
 
       // A load on A that kills its worker (a leak takes a few hundred 64 KiB writes), B under load meanwhile.
@@ -174,8 +191,12 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect(resets).to.equal(1);
       expect(devA.restarts).to.equal(1);
       expect(devA.state).to.equal('running');
-      expect(devA.worker!.threadId).to.not.equal(firstThread);
+      expect(devA.worker!.id).to.not.equal(firstThread);
       const why = { crash: /deliberate crash/, exit: /worker exited \(code 3\)/, leak: /ERR_WORKER_OUT_OF_MEMORY|out of memory/i }[mode];
+      // The restarted worker thread runs demoted (nice is per thread on Linux), no other thread of this process is.
+      expect(nicesOfThreads(process.pid)).to.deep.equal([0, 10]);
+      // A leaking worker steps down once past half its heap limit, before it is ended.
+      if (mode === 'leak') expect(h.logs.some((l) => /^warn lunA: JS heap at \d+ MiB of its \d+ MiB limit \(a leak\?\): running at CPU nice 10/.test(l)), h.logs.join('\n')).to.equal(true);
       expect(h.logs.some((l) => l.startsWith('error lunA') || l.startsWith('warn lunA') ? why.test(l) : false), `log: ${h.logs.join('\n')}`).to.equal(true);
       expect(h.sup.devices.get('lunB')!.restarts).to.equal(0);
       // A serves again (the "-once" modes misbehave only in the first worker), B still fine.
@@ -185,4 +206,228 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect((await b.ini.read(0, 8)).status).to.equal(ScsiStatus.GOOD);
     });
   }
+  // A device process dies by a signal: raised by its own handler (abort) or sent from outside (kill -9).
+  for (const how of ['abort', 'kill'] as const) {
+    it(`a device process killed by ${how === 'abort' ? 'process.abort() in its handler' : 'kill -9 from outside'} restarts on a reset ring; B, a thread, answers every command`, async () => {
+      const a = await h.lun(() => 'lunA', lunSpec('misbehave', MISBEHAVING, how === 'abort' ? 'abort-once/4M' : 'ok/4M'), 16, {}, { isolation: 'process' });
+      const b = await h.lun(() => 'lunB', lunSpec('ram', 'ram', '4M'));
+      const devA = h.sup.devices.get('lunA')!;
+      expect(devA.isolation).to.equal('process');
+      expect(h.sup.devices.get('lunB')!.isolation).to.equal('thread');
+      const firstPid = devA.worker!.id;
+      expect(firstPid).to.not.equal(process.pid);
+      let resets = 0;
+      const backendA: SimulatedBackend = a.backend;
+      const resetRing = backendA.resetRing.bind(backendA);
+      backendA.resetRing = () => { resets++; resetRing(); };
+
+      // A serves from its process before the fault (kill: a few writes; abort: none, the first IO aborts).
+      const before = new Uint8Array(BS).fill(0x77);
+      if (how === 'kill') {
+        expect((await a.ini.write(3, before)).status).to.equal(ScsiStatus.GOOD);
+        // Its counters come from the child through the shared memfd.
+        expect((await until(() => snap('lunA'), (s) => s.ops.write.commands >= 1)).ops.write.commands).to.equal(1);
+      }
+
+      const restarted = once(h.sup, 'device-restarted');
+      const exited = once(devA.worker!, 'exit');
+      let stopA = false;
+      const loadA = (async () => {
+        const data = new Uint8Array(8 * BS).fill(2);
+        for (let i = 0; !stopA; i++) {
+          const r = await a.ini.write((i % 100) * 8, data);
+          if (r.status !== ScsiStatus.GOOD) await sleep(1);
+        }
+      })();
+      if (how === 'kill') process.kill(firstPid, 'SIGKILL');
+      const during = await closedLoop(b.ini, 4, restarted);
+      stopA = true;
+      await loadA;
+
+      const [code, signal] = await exited;
+      expect({ code, signal }).to.deep.equal({ code: null, signal: how === 'abort' ? 'SIGABRT' : 'SIGKILL' });
+      expect(during.failed).to.equal(0);
+      expect(during.completed).to.be.greaterThan(0);
+      expect(resets).to.equal(1);
+      expect(devA.restarts).to.equal(1);
+      expect(devA.state).to.equal('running');
+      expect(devA.worker!.id).to.not.equal(firstPid);
+      // The restarted worker yields the CPU to the LUNs that behave (SupervisorOptions.demotedNice).
+      expect(niceOf(devA.worker!.id)).to.equal(10);
+      const sig = how === 'abort' ? 'SIGABRT' : 'SIGKILL';
+      expect(h.logs.some((l) => l.startsWith('warn lunA') && l.includes(`worker exited (signal ${sig}); resetting the ring`)), `log: ${h.logs.join('\n')}`).to.equal(true);
+      expect(h.sup.devices.get('lunB')!.restarts).to.equal(0);
+
+      // A serves again from a new process (the "-once" fault only in the first), B still fine.
+      const data = new Uint8Array(BS).fill(0x3c);
+      expect((await a.ini.write(7, data)).status).to.equal(ScsiStatus.GOOD);
+      expect((await a.ini.read(7, 1)).data[0]).to.equal(0x3c);
+      expect((await b.ini.read(0, 8)).status).to.equal(ScsiStatus.GOOD);
+      // The new process continues the counters the old one left in the memfd.
+      const s = await until(() => snap('lunA'), (x) => x.ops.read.commands >= 1);
+      expect(s.ops.read.commands).to.equal(1);
+      expect(s.ops.write.commands).to.be.greaterThan(how === 'kill' ? 1 : 0);
+    });
+  }
+  it('a restarted worker runs at demotedNice and gets its CPU priority back after a restart window up', async () => {
+    const logs: string[] = [];
+    const sup = new Supervisor({ restartWindowMs: 400, demotedNice: 7, log: (l, d, m) => logs.push(`${l} ${d}: ${m}`) });
+    const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+    try {
+      const dev = await sup.addDevice({ ...lunSpec('ram', 'ram', '4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend, { isolation: 'process' });
+      const first = dev.worker!.id;
+      expect(niceOf(first)).to.equal(0);
+      const restarted = once(sup, 'device-restarted');
+      process.kill(first, 'SIGKILL');
+      await restarted;
+      const second = dev.worker!.id;
+      // Started under nice: every thread of the new process, V8's and libuv's included.
+      expect(nicesOfThreads(second)).to.deep.equal([7]);
+      expect(await until(() => nicesOfThreads(second), (n) => n.length === 1 && n[0] === 0, 5000)).to.deep.equal([0]);
+      expect(logs.some((l) => l === 'info lunA: worker up for 0.4 s since its restart: back to normal CPU priority'), logs.join('\n')).to.equal(true);
+    } finally {
+      await sup.stop();
+      await backend.close();
+    }
+  });
+
+  it('a crash loop is restarted with a growing back-off, the first restart at once', async () => {
+    const logs: { at: number; line: string }[] = [];
+    const restartedAt: number[] = [];
+    let removal: Promise<void> | undefined;
+    const sup: Supervisor = new Supervisor({
+      restartBackoffMs: 100,
+      log: (l, d, m) => {
+        logs.push({ at: performance.now(), line: `${l} ${d}: ${m}` });
+        if (/restart 4, in/.test(m)) removal = sup.removeDevice('lunA');
+      },
+    });
+    sup.on('device-restarted', () => restartedAt.push(performance.now()));
+    const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+    try {
+      await sup.addDevice({ ...lunSpec('misbehave', MISBEHAVING, 'exit/4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend);
+      const ini = new Initiator(backend.sim, { blockSize: BS });
+      // Every worker exits on its first IO; keep IO coming until the device is removed.
+      while (!removal) {
+        const r = await ini.write(0, new Uint8Array(BS));
+        if (r.status !== ScsiStatus.GOOD) await new Promise((res) => setImmediate(res));
+      }
+      await removal;
+      const restarting = logs.filter((x) => /resetting the ring and restarting/.test(x.line));
+      expect(restarting.map((x) => /\(restart (\d+)(?:, in (\d+) ms)?\)/.exec(x.line)!.slice(1).map((v) => v && Number(v)))).to.deep.equal([
+        [1, undefined], [2, 100], [3, 200], [4, 400],
+      ]);
+      // Each delayed restart came no sooner than its delay after the death that caused it.
+      expect(restartedAt).to.have.length(3);
+      expect(restartedAt[1] - restarting[1].at).to.be.at.least(100);
+      expect(restartedAt[2] - restarting[2].at).to.be.at.least(200);
+      expect(sup.devices.has('lunA')).to.equal(false);
+    } finally {
+      await sup.stop();
+      await backend.close();
+    }
+  });
+
+  it('removing a device cuts its restart back-off short', async () => {
+    let removal: Promise<void> | undefined;
+    let backOffLoggedAt = 0;
+    const sup: Supervisor = new Supervisor({
+      restartBackoffMs: 20_000,
+      log: (l, d, m) => {
+        if (!/restart 2, in 20000 ms/.test(m)) return;
+        backOffLoggedAt = performance.now();
+        removal = sup.removeDevice('lunA');
+      },
+    });
+    const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+    try {
+      const dev = await sup.addDevice({ ...lunSpec('misbehave', MISBEHAVING, 'exit/4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend);
+      const ini = new Initiator(backend.sim, { blockSize: BS });
+      while (!removal) {
+        const r = await ini.write(0, new Uint8Array(BS));
+        if (r.status !== ScsiStatus.GOOD) await new Promise((res) => setImmediate(res));
+      }
+      await removal;
+      expect(performance.now() - backOffLoggedAt, 'removal waited out the 20 s back-off').to.be.below(10_000);
+      expect(dev.state).to.equal('stopped');
+      expect(dev.worker).to.equal(undefined);
+    } finally {
+      await sup.stop();
+      await backend.close();
+    }
+  });
+
+  for (const isolation of ['thread', 'process'] as const) {
+    it(`removing a device while its ${isolation} worker is being restarted: the restart ends with the device, no worker left behind`, async () => {
+      const logs: string[] = [];
+      let removal: Promise<void> | undefined;
+      const sup: Supervisor = new Supervisor({
+        log: (l, d, m) => {
+          logs.push(`${l} ${d}: ${m}`);
+          // The moment the supervisor decides to restart, the device goes (as the bench's run ends, or a netlink REMOVED_DEVICE).
+          if (/resetting the ring and restarting/.test(m)) removal ??= sup.removeDevice('lunA');
+        },
+      });
+      const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 60 });
+      try {
+        const dev = await sup.addDevice({ ...lunSpec('misbehave', MISBEHAVING, 'exit/4M'), name: 'lunA', serial: 'a', wwn: 'a', ring: backend.endpoint }, backend, { isolation });
+        const ini = new Initiator(backend.sim, { blockSize: BS });
+        void ini.write(0, new Uint8Array(BS)); // its worker exits on this one
+        await until(() => removal, (r) => r !== undefined);
+        await removal;
+        expect(dev.state).to.equal('stopped');
+        expect(dev.worker).to.equal(undefined);
+        expect(sup.devices.has('lunA')).to.equal(false);
+        expect(dev.restarts).to.equal(1);
+        expect(logs.filter((l) => /restart failed|worker crashed|giving up/.test(l)), logs.join('\n')).to.deep.equal([]);
+      } finally {
+        await sup.stop();
+        await backend.close();
+      }
+    });
+  }
+
+  it('tcmu-ts --simulate --isolate-process: a device process per LUN, its counters in /metrics, a clean stop', async () => {
+    const cli = fileURLToPath(new URL('../../packages/workers/dist/cli/main.js', import.meta.url));
+    const d = new Child('tcmu-ts --isolate-process', process.execPath, [
+      cli, '--simulate', '--isolate-process', '--no-dbus', '--metrics-address', '127.0.0.1:0', '--queue-depth', '4', '--lun-size-mb', '16',
+    ]);
+    try {
+      const url = (await d.waitFor((l) => l.startsWith('metrics: '), 'its metrics URL', 15_000)).slice('metrics: '.length).trim();
+      await d.waitFor((l) => /^\[\s*\d+s\] ram0 /.test(l), 'a first figures line', 15_000);
+      const pid = d.proc.pid!;
+      const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+      const devices = children.filter((c) => readFileSync(`/proc/${c}/cmdline`, 'utf8').includes('device-process.js'));
+      expect(devices, `children of ${pid}: ${children.join(' ')}`).to.have.length(2);
+      const text = await (await fetch(url)).text();
+      for (const dev of ['ram0', 'file0']) {
+        const n = Number(new RegExp(`^tcmu_commands_total\\{device="${dev}",op="write"\\} (\\S+)$`, 'm').exec(text)?.[1]);
+        expect(n, `${dev} writes in /metrics`).to.be.greaterThan(0);
+      }
+      d.proc.kill('SIGTERM');
+      const summary = await d.waitFor((l) => l.startsWith('summary: '), 'its summary', 15_000);
+      await d.exited();
+      expect(summary, d.stderr).to.match(/ 0 errors, 0 verify failures$/);
+      expect(d.proc.exitCode, d.stderr).to.equal(0);
+      // The device processes went with it.
+      for (const c of devices) expect(() => readFileSync(`/proc/${c}/cmdline`, 'utf8'), `device process ${c}`).to.throw();
+    } finally {
+      if (d.proc.exitCode === null && d.proc.signalCode === null) await d.kill();
+    }
+  });
+  it('tcmu-ts --isolate-process killed -9: its device processes exit too (none keeps a ring open against the next daemon)', async () => {
+    const cli = fileURLToPath(new URL('../../packages/workers/dist/cli/main.js', import.meta.url));
+    const d = new Child('tcmu-ts --isolate-process', process.execPath, [cli, '--simulate', '--isolate-process', '--no-dbus', '--no-metrics', '--lun-size-mb', '16']);
+    let devices: string[] = [];
+    try {
+      await d.waitFor((l) => /^\[\s*\d+s\] file0 /.test(l), 'a figures line', 15_000);
+      const pid = d.proc.pid!;
+      devices = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+      expect(devices).to.have.length(2);
+    } finally {
+      await d.kill('SIGKILL');
+    }
+    const alive = () => devices.filter((c) => { try { return readFileSync(`/proc/${c}/stat`, 'utf8').split(') ')[1][0] !== 'Z'; } catch { return false; } });
+    expect(await until(alive, (a) => a.length === 0, 10_000), 'device processes still running').to.deep.equal([]);
+  });
 });

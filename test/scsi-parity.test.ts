@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import { fileURLToPath } from 'node:url';
 import { Initiator, ScsiStatus, cdbRead10, type ScsiResponse } from '@tcmu-ts/ring';
 import { decodeSense, type DecodedSense } from '@tcmu-ts/core';
-import { Supervisor, SimulatedBackend, type DeviceSpec } from '@tcmu-ts/workers';
+import { Supervisor, SimulatedBackend, type DeviceSpec, type Isolation } from '@tcmu-ts/workers';
 
 const BS = 512;
 const HANDLER = fileURLToPath(new URL('./scsi-parity-handler.test.js', import.meta.url));
@@ -243,7 +243,7 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
     for (const b of backends.splice(0)) await b.close();
   });
 
-  async function lun(name: string, cfg = '4M', extra: Partial<DeviceSpec> = {}, numLbas = 8192): Promise<Initiator> {
+  async function lun(name: string, cfg = '4M', extra: Partial<DeviceSpec> = {}, numLbas = 8192, isolation: Isolation = 'thread'): Promise<Initiator> {
     const b = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 8, cmdTimeOutSec: 20 });
     backends.push(b);
     const blockSize = extra.blockSize ?? BS;
@@ -251,7 +251,7 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       name, subtype: 'parity', cfgstring: cfg, handlerSpec: HANDLER, blockSize, numLbas, maxXferBlocks: 1024,
       writeCache: true, serial: `6001405-${name}-serial`, wwn: `0a1b2c3d-4e5f-${name.length}${name.charCodeAt(0).toString(16)}-serial-${name}`,
       ring: b.endpoint, ...extra,
-    }, b);
+    }, b, { isolation });
     return new Initiator(b.sim, { blockSize });
   }
 
@@ -656,6 +656,22 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       expect(Buffer.compare((await b.read(2000, 100)).data, data.subarray(100 * BS, 200 * BS))).to.equal(0);
       expect(a.target).to.not.equal(b.target);
     });
+
+    for (const [ia, ib] of [['process', 'thread'], ['thread', 'process'], ['process', 'process']] as const) {
+      it(`copies between a LUN in a ${ia === 'process' ? 'device process' : 'worker thread'} and one in a ${ib === 'process' ? 'device process' : 'worker thread'} (the blocks cross in messages)`, async () => {
+        const a = await lun('pa', '4M', { maxXferBlocks: 64 }, 8192, ia);
+        const b = await lun('pb', '4M', { maxXferBlocks: 128 }, 8192, ib);
+        const [na, nb] = [await naaOf(a), await naaOf(b)];
+        const data = fill(300, 47);
+        for (let i = 0; i < 300; i += 60) expectGood(await a.write(i, data.subarray(i * BS, (i + 60) * BS)));
+        const push = xcopyList([na, nb], [{ s: 0, d: 1, blocks: 300, src: 0, dst: 500 }]);
+        expectGood(await a.send(xcopyCdb(push.length), { dataOut: push }));
+        for (let i = 0; i < 300; i += 100) expect(Buffer.compare((await b.read(500 + i, 100)).data, data.subarray(i * BS, (i + 100) * BS))).to.equal(0);
+        const pull = xcopyList([nb, na], [{ s: 1, d: 0, blocks: 100, src: 100, dst: 2000 }]);
+        expectGood(await b.send(xcopyCdb(pull.length), { dataOut: pull }));
+        expect(Buffer.compare((await b.read(2000, 100)).data, data.subarray(100 * BS, 200 * BS))).to.equal(0);
+      });
+    }
 
     it('refuses what it cannot copy: unknown or unrelated targets, LUNs gone, out-of-range LBAs', async () => {
       // Two LUNs per test: every idle worker and simulator holds one of the 4 libuv pool threads in poll().

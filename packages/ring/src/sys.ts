@@ -40,6 +40,8 @@ const c = {
   eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
   fcntlLock: libc.func('fcntl', 'int', ['int', 'int', koffi.inout(koffi.pointer('uint8_t'))]),
   pwrite: libc.func('long pwrite(int fd, const uint8_t *buf, size_t count, int64_t offset)'),
+  gettid: libc.func('int gettid()'),
+  setpriority: libc.func('int setpriority(int which, int who, int prio)'),
 };
 
 /** An OS error from a libc call, with the errno that explains it. */
@@ -229,6 +231,24 @@ export function wake(fd: number): void {
 /** Take the wake-ups (an eventfd read returns and clears the count). */
 export function clearWake(fd: number): void {
   c.read(fd, wakeSink, 8);
+}
+
+// ---------------------------------------------------------------- CPU priority of one thread
+
+const PRIO_PROCESS = 0;
+
+/** The calling thread's kernel id (gettid): what setThreadNice() takes to name one thread. */
+export function threadTid(): number {
+  return c.gettid();
+}
+
+/**
+ * Set the nice value of one thread (Linux keeps it per thread: with a tid,
+ * PRIO_PROCESS names that thread only). Any thread may lower its own or
+ * another's priority; raising it back needs CAP_SYS_NICE (EACCES otherwise).
+ */
+export function setThreadNice(tid: number, nice: number): void {
+  check(`setpriority(${tid}, ${nice})`, c.setpriority(PRIO_PROCESS, tid, nice));
 }
 
 // ---------------------------------------------------------------- the daemon's lock file

@@ -8,6 +8,12 @@
  * reader retries until it sees the same even value before and after copying.
  * The worker accumulates into plain numbers on the hot path and publishes
  * once per ring drain, which keeps Atomics off the per-command path.
+ *
+ * A device worker in a child process cannot share a SharedArrayBuffer: its
+ * block is a MAP_SHARED memfd both processes map, which JS sees as a plain
+ * ArrayBuffer. Atomics accept a plain ArrayBuffer too, so the same
+ * sequence lock serves both; the pages are the same memory, so another
+ * process sees the stores as another thread would (tested on x86-64).
  */
 
 export const OP_CLASSES = ['read', 'write', 'flush', 'other'] as const;
@@ -46,8 +52,14 @@ const CLASS_BASE = SCALARS;
 export const COUNTER_SLOTS = CLASS_BASE + PER_CLASS * OP_CLASSES.length;
 const SEQ_BYTES = 8;
 
+/** One device's counter block: a SharedArrayBuffer, or a shared memfd mapping for a device process. */
+export type CounterBlock = SharedArrayBuffer | ArrayBuffer;
+
+/** Size of one device's counter block. */
+export const COUNTER_BYTES = SEQ_BYTES + COUNTER_SLOTS * 8;
+
 export function createCounterBuffer(): SharedArrayBuffer {
-  return new SharedArrayBuffer(SEQ_BYTES + COUNTER_SLOTS * 8);
+  return new SharedArrayBuffer(COUNTER_BYTES);
 }
 
 export interface ClassSnapshot {
@@ -94,7 +106,7 @@ export class CounterWriter {
   private readonly local = new Float64Array(COUNTER_SLOTS);
   private dirty = false;
 
-  constructor(sab: SharedArrayBuffer) {
+  constructor(sab: CounterBlock) {
     this.seq = new Int32Array(sab, 0, 2);
     this.shared = new Float64Array(sab, SEQ_BYTES, COUNTER_SLOTS);
     this.local.set(this.shared); // a restarted worker continues where the last one stopped
@@ -136,7 +148,7 @@ export class CounterWriter {
 }
 
 /** Reader side: a consistent copy of everything one worker published. */
-export function readCounters(sab: SharedArrayBuffer): CounterSnapshot {
+export function readCounters(sab: CounterBlock): CounterSnapshot {
   const seq = new Int32Array(sab, 0, 2);
   const shared = new Float64Array(sab, SEQ_BYTES, COUNTER_SLOTS);
   const copy = new Float64Array(COUNTER_SLOTS);

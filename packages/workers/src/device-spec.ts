@@ -2,7 +2,7 @@ import type { AluaInfo } from '@tcmu-ts/core';
 
 /**
  * What the supervisor tells a device worker at start: plain data only, since
- * it crosses a thread boundary by structured clone.
+ * it crosses a thread or process boundary by structured clone.
  */
 export interface RingEndpoint {
   /** fd to mmap MAP_SHARED at offset 0 (the /dev/uioN fd, or a memfd under the simulator). */
@@ -66,25 +66,51 @@ export interface PeerInfo {
   maxXferBlocks: number;
 }
 
+/**
+ * The blocks of one EXTENDED COPY IO between two LUNs, `bytes` long. A
+ * worker thread shares memory with the supervisor: `buf` is a
+ * SharedArrayBuffer the serving worker reads or fills from byte `offset`. A
+ * child process shares none (a SharedArrayBuffer cannot cross a process), so
+ * `buf` is absent and the bytes travel in the messages: a write's `data`
+ * here, a read's in its PeerIoDone.
+ */
+export interface PeerBlocks {
+  buf?: SharedArrayBuffer;
+  offset: number;
+  bytes: number;
+  data?: Uint8Array;
+}
+
+/** The end of a peer IO; `data`: what a read found, when the asker shares no memory. */
+export interface PeerIoDone {
+  type: 'peer-io-done';
+  id: number;
+  error?: WireError;
+  data?: Uint8Array;
+}
+
 /** 'scsi' is tcmu-runner's level 5: one line per SCSI command. */
 export type LogLevelName = 'scsi' | 'debug' | 'info' | 'warn' | 'error';
 
 /** Messages a device worker posts to the supervisor. */
 export type WorkerEvent =
-  | { type: 'ready'; numLbas: number }
+  /** tid: the worker's thread (for a device process, its main thread), whose CPU priority the supervisor may change. */
+  | { type: 'ready'; numLbas: number; tid: number }
   | { type: 'open-failed'; reason: string; errno: number }
   | { type: 'ring-broken'; reason: string }
   | { type: 'reconfig-done'; id: number; errno: number; reason?: string }
   | { type: 'stopped' }
+  /** A device process's uncaught exception, just before it exits (a thread's shows as its 'error' event). */
+  | { type: 'crashed'; message: string }
   | { type: 'log'; level: LogLevelName; msg: string }
   /** ALUA group states changed on the worker (STPG, lock holder moved); persisted to configfs. */
   | { type: 'alua-state'; groups: { name: string; state: number; status: number }[] }
   /** EXTENDED COPY: which LUN has this NAA designator (hex)? */
   | { type: 'peer-lookup'; id: number; naa: string }
-  /** EXTENDED COPY: read or write blocks of another LUN, data in `buf` from byte `offset`. */
-  | { type: 'peer-io'; id: number; device: string; op: 'read' | 'write'; lba: number; blocks: number; buf: SharedArrayBuffer; offset: number }
+  /** EXTENDED COPY: read or write blocks of another LUN (the data: PeerBlocks). */
+  | ({ type: 'peer-io'; id: number; device: string; op: 'read' | 'write'; lba: number; blocks: number } & PeerBlocks)
   /** The answer to a peer-io this worker served for another one. */
-  | { type: 'peer-io-done'; id: number; error?: WireError };
+  | PeerIoDone;
 
 /** Messages the supervisor posts to a device worker. */
 export type SupervisorCommand =
@@ -94,5 +120,5 @@ export type SupervisorCommand =
   | { type: 'reconfig'; id: number; numLbas?: number; writeCache?: boolean; cfgstring?: string }
   | { type: 'peer-lookup-result'; id: number; peer?: PeerInfo }
   /** Serve a block read/write for another worker's EXTENDED COPY. */
-  | { type: 'peer-io'; id: number; op: 'read' | 'write'; lba: number; blocks: number; buf: SharedArrayBuffer; offset: number }
-  | { type: 'peer-io-done'; id: number; error?: WireError };
+  | ({ type: 'peer-io'; id: number; op: 'read' | 'write'; lba: number; blocks: number } & PeerBlocks)
+  | PeerIoDone;

@@ -1,16 +1,20 @@
 /**
- * The supervisor: owns the device table, one worker thread per device, and
- * the decisions a worker cannot make for itself (restart after a crash,
- * reset a broken ring, stop in order). It reads each device's counters from
- * shared memory, never by message.
+ * The supervisor: owns the device table, one worker per device (a thread,
+ * or a child process for a device isolated that way), and the decisions a
+ * worker cannot make for itself (restart after a crash, reset a broken
+ * ring, stop in order). It reads each device's counters from shared memory,
+ * never by message.
  */
 import { EventEmitter } from 'node:events';
-import { Worker } from 'node:worker_threads';
+import { readdirSync } from 'node:fs';
 import { hexBytes, naaDesignator } from '@tcmu-ts/core';
-import { closeFd, wake, wakeFdCreate } from '@tcmu-ts/ring';
+import { closeFd, mapShared, memfdCreate, setThreadNice, wake, wakeFdCreate, type SharedMap } from '@tcmu-ts/ring';
 
-import { createCounterBuffer, readCounters, type CounterSnapshot } from './counters.js';
-import type { DeviceSpec, LogLevelName, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
+import { COUNTER_BYTES, createCounterBuffer, readCounters, type CounterBlock, type CounterSnapshot } from './counters.js';
+import type { DeviceSpec, LogLevelName, PeerBlocks, PeerIoDone, RingEndpoint, SupervisorCommand, WireError, WorkerEvent } from './device-spec.js';
+import { startDeviceWorker, type DeviceWorkerHandle, type Isolation } from './device-worker-handle.js';
+
+export type { DeviceWorkerHandle, Isolation } from './device-worker-handle.js';
 
 /** The kernel side of one device: a real UIO/configfs device or the simulator. */
 export interface DeviceBackend {
@@ -33,11 +37,13 @@ export type DeviceState = 'starting' | 'running' | 'restarting' | 'stopping' | '
 export interface ManagedDevice {
   spec: DeviceSpec;
   readonly backend: DeviceBackend;
-  readonly counters: SharedArrayBuffer;
+  readonly isolation: Isolation;
+  /** Written by the worker, read here: a SharedArrayBuffer, or for a process a memfd mapping both share. */
+  readonly counters: CounterBlock;
   state: DeviceState;
   restarts: number;
   numLbas: number;
-  worker?: Worker;
+  worker?: DeviceWorkerHandle;
   lastError?: string;
 }
 
@@ -49,6 +55,14 @@ export interface SupervisorOptions {
   log?: SupervisorLog;
   /** More restarts than this inside `restartWindowMs` mark the device failed. */
   maxRestarts?: number;
+  /**
+   * A worker that dies again within `restartWindowMs` is restarted after
+   * this delay, doubled for each further death (250, 500, 1000, 2000 ms
+   * with the defaults); the first restart is immediate. The device stays
+   * blocked meanwhile, so keep the sum well below the kernel's
+   * cmd_time_out (30 s). Default 250; 0: no delay.
+   */
+  restartBackoffMs?: number;
   restartWindowMs?: number;
   /** Log every CDB (tcmu-runner's log level 5); costs a message per command. */
   logCdbs?: boolean;
@@ -58,7 +72,8 @@ export interface SupervisorOptions {
    * own worker (ERR_WORKER_OUT_OF_MEMORY), which is restarted like any other
    * dead worker, instead of growing the process until the system kills it.
    * ArrayBuffer memory lies outside the JS heap and is not bounded by this.
-   * Default 1024; 0: V8's default (several GiB per worker).
+   * Default 1024; 0: V8's default (several GiB per worker). A device
+   * process gets it as --max-old-space-size (out of heap, V8 aborts it).
    */
   workerHeapMb?: number;
   /**
@@ -66,6 +81,25 @@ export interface SupervisorOptions {
    * flight before ending it (a hung handler never answers). Default 30 s.
    */
   stopGraceMs?: number;
+  /** Where device workers run unless addDevice() says otherwise (Isolation). Default 'thread'. */
+  isolation?: Isolation;
+  /**
+   * The CPU nice value a misbehaving device worker steps down to, so that on
+   * shared cores it yields to the LUNs that behave: a worker started after
+   * its device's last one died (from its start, module loading included,
+   * back to normal once it has stayed up for `restartWindowMs`), and one
+   * whose JS heap passes half its limit. Default 10 (about a tenth of the
+   * CPU of a nice-0 thread it competes with); 0: never.
+   */
+  demotedNice?: number;
+}
+
+export const DEFAULT_DEMOTED_NICE = 10;
+const ESRCH = 3;
+
+export interface AddDeviceOptions {
+  /** This device's worker: a thread or a child process. Default: SupervisorOptions.isolation. */
+  isolation?: Isolation;
 }
 
 export const DEFAULT_WORKER_HEAP_MB = 1024;
@@ -77,13 +111,20 @@ export class DeviceOpenError extends Error {
   }
 }
 
-const WORKER_URL = new URL('./engine/device-worker.js', import.meta.url);
-
-/** An EXTENDED COPY block IO one worker asked of another, in flight through the supervisor. */
+/**
+ * An EXTENDED COPY block IO one worker asked of another, in flight through
+ * the supervisor. The blocks are in `buf` from `offset`: the asker's own
+ * SharedArrayBuffer (a thread), or one made here for an end that shares no
+ * memory (a process), filled from and copied back to its messages.
+ */
 interface PeerForward {
   readonly from: ManagedDevice;
   readonly id: number;
   readonly to: ManagedDevice;
+  readonly op: 'read' | 'write';
+  readonly buf: SharedArrayBuffer;
+  readonly offset: number;
+  readonly bytes: number;
 }
 
 export class Supervisor extends EventEmitter {
@@ -100,8 +141,17 @@ export class Supervisor extends EventEmitter {
   private readonly forwards = new Map<number, PeerForward>();
   private nextForwardId = 1;
   private readonly naaCache = new WeakMap<DeviceSpec, string>();
+  /** Restarts waiting out their back-off, which a removal cuts short. */
+  private readonly backOffs = new Map<ManagedDevice, () => void>();
+  private readonly restartBackoffMs: number;
+  /** Restarts under way, which a removal waits for. */
+  private readonly restartsUnderWay = new Map<ManagedDevice, Promise<void>>();
   /** Each worker's wake eventfd (EngineOptions.wakeFd), closed when it exits. */
-  private readonly wakeFds = new Map<Worker, number>();
+  private readonly wakeFds = new Map<DeviceWorkerHandle, number>();
+  private readonly isolation: Isolation;
+  /** The memfd behind each process-isolated device's counters, for its workers to map; closed with the device. */
+  private readonly counterMemfds = new Map<ManagedDevice, { fd: number; map: SharedMap }>();
+  private readonly demotedNice: number;
 
   constructor(opts: SupervisorOptions = {}) {
     super();
@@ -113,6 +163,9 @@ export class Supervisor extends EventEmitter {
     this.logCdbs = opts.logCdbs ?? false;
     this.workerHeapMb = opts.workerHeapMb ?? DEFAULT_WORKER_HEAP_MB;
     this.stopGraceMs = opts.stopGraceMs ?? 30_000;
+    this.isolation = opts.isolation ?? 'thread';
+    this.demotedNice = opts.demotedNice ?? DEFAULT_DEMOTED_NICE;
+    this.restartBackoffMs = opts.restartBackoffMs ?? 250;
   }
 
   /**
@@ -120,19 +173,39 @@ export class Supervisor extends EventEmitter {
    * What the spec leaves out (ALUA groups, tcmur_cmd_time_out) is asked of
    * the backend, which reads it from configfs on a real kernel.
    */
-  async addDevice(spec: DeviceSpec, backend: DeviceBackend): Promise<ManagedDevice> {
+  async addDevice(spec: DeviceSpec, backend: DeviceBackend, opts: AddDeviceOptions = {}): Promise<ManagedDevice> {
     if (this.devices.has(spec.name)) throw new Error(`device ${spec.name} already exists`);
     spec = await this.withBackendExtras(spec, backend);
     if (this.devices.has(spec.name)) throw new Error(`device ${spec.name} already exists`);
-    const dev: ManagedDevice = { spec, backend, counters: createCounterBuffer(), state: 'starting', restarts: 0, numLbas: spec.numLbas };
+    const isolation = opts.isolation ?? this.isolation;
+    if (isolation !== 'thread' && isolation !== 'process') throw new Error(`isolation must be 'thread' or 'process', got '${String(isolation)}'`);
+    let memfd: { fd: number; map: SharedMap } | undefined;
+    if (isolation === 'process') {
+      const fd = memfdCreate(`tcmu-ts-counters-${spec.name}`, COUNTER_BYTES);
+      memfd = { fd, map: mapShared(fd, COUNTER_BYTES) };
+    }
+    const dev: ManagedDevice = {
+      spec, backend, isolation, counters: memfd ? memfd.map.buffer : createCounterBuffer(), state: 'starting', restarts: 0, numLbas: spec.numLbas,
+    };
+    if (memfd) this.counterMemfds.set(dev, memfd);
     this.devices.set(spec.name, dev);
     try {
       await this.startWorker(dev, false);
     } catch (e) {
       this.devices.delete(spec.name);
+      this.releaseCounters(dev);
       throw e;
     }
     return dev;
+  }
+
+  /** A process-isolated device's counter memfd, once the device is gone (its counters read zero from then on). */
+  private releaseCounters(dev: ManagedDevice): void {
+    const m = this.counterMemfds.get(dev);
+    if (!m) return;
+    this.counterMemfds.delete(dev);
+    m.map.unmap();
+    closeFd(m.fd);
   }
 
   private async withBackendExtras(spec: DeviceSpec, backend: DeviceBackend): Promise<DeviceSpec> {
@@ -156,19 +229,23 @@ export class Supervisor extends EventEmitter {
     const dev = this.devices.get(name);
     if (!dev) return;
     dev.state = 'stopping';
+    // A restart under way sees 'stopping' and starts no worker, or leaves the one it started to the stop below.
+    this.backOffs.get(dev)?.();
+    await this.restartsUnderWay.get(dev);
     const w = dev.worker;
     if (w) {
       const exited = new Promise<void>((r) => w.once('exit', () => r()));
       this.send(dev, { type: 'stop' });
       const timer = setTimeout(() => {
         this.log('warn', name, `worker still busy ${this.stopGraceMs / 1000} s after stop: ending it`);
-        void w.terminate();
+        w.kill();
       }, this.stopGraceMs);
       await exited;
       clearTimeout(timer);
     }
     dev.state = 'stopped';
     this.devices.delete(name);
+    this.releaseCounters(dev);
   }
 
   async stop(): Promise<void> {
@@ -242,20 +319,27 @@ export class Supervisor extends EventEmitter {
   private send(dev: ManagedDevice, cmd: SupervisorCommand): void {
     const w = dev.worker;
     if (!w) return;
-    w.postMessage(cmd);
+    w.post(cmd);
     const fd = this.wakeFds.get(w);
     if (fd !== undefined) wake(fd);
   }
 
-  private startWorker(dev: ManagedDevice, reopen: boolean): Promise<void> {
+  /** `afterDeath`: the device's last worker died; this one starts demoted (demotedNice). */
+  private startWorker(dev: ManagedDevice, reopen: boolean, afterDeath = false): Promise<void> {
     const spec = { ...dev.spec, numLbas: dev.numLbas };
     const wakeFd = wakeFdCreate();
-    const worker = new Worker(WORKER_URL, {
-      workerData: { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd },
-      stdout: false,
-      stderr: false,
-      ...(this.workerHeapMb > 0 ? { resourceLimits: { maxOldGenerationSizeMb: this.workerHeapMb } } : {}),
-    });
+    const nice = afterDeath ? this.demotedNice : 0;
+    let worker: DeviceWorkerHandle;
+    let restoreNice: NodeJS.Timeout | undefined;
+    try {
+      worker = startDeviceWorker(
+        dev.isolation, { spec, counters: dev.counters, reopen, logCdbs: this.logCdbs, wakeFd, nice, heapNice: this.demotedNice, heapMb: this.workerHeapMb },
+        this.workerHeapMb, this.counterMemfds.get(dev)?.fd,
+      );
+    } catch (e) {
+      closeFd(wakeFd);
+      return Promise.reject(e);
+    }
     dev.worker = worker;
     this.wakeFds.set(worker, wakeFd);
     return new Promise<void>((resolve, reject) => {
@@ -264,7 +348,9 @@ export class Supervisor extends EventEmitter {
         switch (e.type) {
           case 'ready':
             dev.numLbas = e.numLbas;
-            dev.state = 'running';
+            // Not over 'stopping': a removal while this worker started has its stop queued already.
+            if (dev.state === 'starting' || dev.state === 'restarting') dev.state = 'running';
+            if (nice > 0) restoreNice = this.restorePriorityLater(dev, e.tid);
             settled = true;
             resolve();
             this.emit('device-ready', dev);
@@ -293,16 +379,12 @@ export class Supervisor extends EventEmitter {
           case 'peer-io':
             this.forwardPeerIo(dev, e);
             break;
-          case 'peer-io-done': {
-            const f = this.forwards.get(e.id);
-            if (!f) break;
-            this.forwards.delete(e.id);
-            this.send(f.from, { type: 'peer-io-done', id: f.id, ...(e.error ? { error: e.error } : {}) });
+          case 'peer-io-done':
+            this.peerIoDone(e);
             break;
-          }
         }
       });
-      worker.on('error', (err) => {
+      worker.on('error', (err: Error) => {
         dev.lastError = err.message;
         this.log('error', dev.spec.name, `worker crashed: ${err.stack ?? err.message}`);
         if (!settled) {
@@ -311,14 +393,59 @@ export class Supervisor extends EventEmitter {
           reject(err);
         }
       });
-      worker.on('exit', (code) => {
+      worker.on('exit', (code: number | null, signal: string | null) => {
+        clearTimeout(restoreNice);
         this.wakeFds.delete(worker);
         closeFd(wakeFd);
         if (dev.worker === worker) dev.worker = undefined;
         this.dropForwards(dev);
-        if (dev.state === 'running') void this.restart(dev, code);
+        if (!settled) {
+          // Died before saying ready or open-failed (a device process killed by a signal, say).
+          settled = true;
+          dev.state = 'failed';
+          dev.lastError ??= `worker exited (${signal ? `signal ${signal}` : `code ${code}`}) while starting`;
+          reject(new Error(`${dev.spec.name}: ${dev.lastError}`));
+        }
+        if (dev.state === 'running') {
+          const restarting = this.restart(dev, signal ? `signal ${signal}` : `code ${code}`);
+          this.restartsUnderWay.set(dev, restarting);
+          void restarting.finally(() => this.restartsUnderWay.delete(dev));
+        }
       });
     });
+  }
+
+  /** Wait `ms` before a restart, or less if the device is removed meanwhile. */
+  private backOff(dev: ManagedDevice, ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms);
+      this.backOffs.set(dev, done);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+    }).finally(() => this.backOffs.delete(dev));
+  }
+
+  /** A restarted worker that stays up for a restart window gets its CPU priority back (a device process: every thread of it). */
+  private restorePriorityLater(dev: ManagedDevice, tid: number): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      try {
+        const tids = dev.isolation === 'process' ? readdirSync(`/proc/${tid}/task`).map(Number) : [tid];
+        for (const id of tids) {
+          try {
+            setThreadNice(id, 0);
+          } catch (e) {
+            if ((e as { errno?: number }).errno !== ESRCH) throw e; // a thread that ended meanwhile
+          }
+        }
+        this.log('info', dev.spec.name, `worker up for ${this.restartWindowMs / 1000} s since its restart: back to normal CPU priority`);
+      } catch (e) {
+        this.log('warn', dev.spec.name, `cannot give the restarted worker its CPU priority back: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }, this.restartWindowMs);
+    t.unref();
+    return t;
   }
 
   /** Keep the new states for restarts, and write them to configfs as tcmu-runner does. */
@@ -367,9 +494,25 @@ export class Supervisor extends EventEmitter {
       return;
     }
     const id = this.nextForwardId++;
-    this.forwards.set(id, { from, id: e.id, to });
-    // The SharedArrayBuffer is shared, not copied: the other worker reads or fills the same memory.
-    this.send(to, { type: 'peer-io', id, op: e.op, lba: e.lba, blocks: e.blocks, buf: e.buf, offset: e.offset });
+    // Between threads the SharedArrayBuffer is shared, not copied: the other worker reads or fills the same memory.
+    const buf = e.buf ?? new SharedArrayBuffer(e.bytes);
+    const offset = e.buf ? e.offset : 0;
+    if (!e.buf && e.data) new Uint8Array(buf, 0, e.bytes).set(e.data.subarray(0, e.bytes));
+    this.forwards.set(id, { from, id: e.id, to, op: e.op, buf, offset, bytes: e.bytes });
+    const blocks: PeerBlocks = to.worker.isolation === 'thread'
+      ? { buf, offset, bytes: e.bytes }
+      : { offset: 0, bytes: e.bytes, ...(e.op === 'write' ? { data: new Uint8Array(buf, offset, e.bytes).slice() } : {}) };
+    this.send(to, { type: 'peer-io', id, op: e.op, lba: e.lba, blocks: e.blocks, ...blocks });
+  }
+
+  /** The serving worker is done: what a process read comes back in the message; the asker gets it the way it can take it. */
+  private peerIoDone(e: PeerIoDone): void {
+    const f = this.forwards.get(e.id);
+    if (!f) return;
+    this.forwards.delete(e.id);
+    if (e.data) new Uint8Array(f.buf, f.offset, f.bytes).set(e.data.subarray(0, f.bytes));
+    const data = !e.error && f.op === 'read' && f.from.isolation === 'process' ? new Uint8Array(f.buf, f.offset, f.bytes).slice() : undefined;
+    this.send(f.from, { type: 'peer-io-done', id: f.id, ...(e.error ? { error: e.error } : {}), ...(data ? { data } : {}) });
   }
 
   /** A worker went away: fail the copy IO it was serving, forget what it asked for. */
@@ -385,28 +528,33 @@ export class Supervisor extends EventEmitter {
   }
 
   /** A worker died under a running device: reset the ring and start a new one. */
-  private async restart(dev: ManagedDevice, code: number): Promise<void> {
+  private async restart(dev: ManagedDevice, how: string): Promise<void> {
     const now = Date.now();
     const times = (this.restartTimes.get(dev.spec.name) ?? []).filter((t) => now - t < this.restartWindowMs);
     times.push(now);
     this.restartTimes.set(dev.spec.name, times);
     if (times.length > this.maxRestarts) {
       dev.state = 'failed';
-      this.log('error', dev.spec.name, `worker exited (code ${code}) ${times.length} times in ${this.restartWindowMs / 1000} s; giving up on this device`);
+      this.log('error', dev.spec.name, `worker exited (${how}) ${times.length} times in ${this.restartWindowMs / 1000} s; giving up on this device`);
       this.emit('device-failed', dev);
       return;
     }
     dev.state = 'restarting';
     dev.restarts++;
     this.workerRestarts++;
-    this.log('warn', dev.spec.name, `worker exited (code ${code}); resetting the ring and restarting (restart ${dev.restarts})`);
+    // The first death in a window restarts at once; a loop of them is spread out, its start-up CPU with it.
+    const delayMs = times.length >= 2 ? this.restartBackoffMs * 2 ** (times.length - 2) : 0;
+    this.log('warn', dev.spec.name, `worker exited (${how}); resetting the ring and restarting (restart ${dev.restarts}${delayMs ? `, in ${delayMs} ms` : ''})`);
     try {
       await dev.backend.block();
       // Commands that were on the ring were never acknowledged: the kernel fails them and the initiator retries.
       await dev.backend.resetRing();
-      await this.startWorker(dev, true);
+      // Blocked meanwhile: new commands wait in the kernel, which fails them only after its cmd_time_out.
+      if (delayMs > 0) await this.backOff(dev, delayMs);
+      if (dev.state !== 'restarting') return; // removed meanwhile
+      await this.startWorker(dev, true, true);
       await dev.backend.unblock();
-      this.emit('device-restarted', dev);
+      if ((dev.state as DeviceState) === 'running') this.emit('device-restarted', dev);
     } catch (e) {
       dev.state = 'failed';
       dev.lastError = e instanceof Error ? e.message : String(e);

@@ -32,6 +32,10 @@ Options (tcmu-ts):
       --metrics-address <host:port>
                           serve Prometheus /metrics there (default 127.0.0.1:9560)
       --no-metrics        no /metrics endpoint
+      --isolate-process   run each device's worker in a child process instead of a
+                          thread: a native crash in a handler (abort(), SIGSEGV in a
+                          C library) then ends that device's worker only, which is
+                          restarted on a reset ring; costs a process per device
 Simulated mode:
       --simulate          use the built-in kernel simulator even if TCMU exists
       --duration <s>      stop after this many seconds (default: until Ctrl-C)
@@ -90,6 +94,7 @@ async function main(): Promise<number> {
         'no-dbus': { type: 'boolean' },
         'metrics-address': { type: 'string' },
         'no-metrics': { type: 'boolean' },
+        'isolate-process': { type: 'boolean' },
         simulate: { type: 'boolean' },
         demo: { type: 'boolean' },
         duration: { type: 'string' },
@@ -122,11 +127,13 @@ async function main(): Promise<number> {
       return 2;
     }
   }
+  const isolation = args['isolate-process'] ? 'process' as const : 'thread' as const;
   let demo;
   try {
     const ioBytes = num('io-size', args['io-size'], 4096, 512, 8 << 20);
     if (ioBytes % 512 !== 0) throw new UsageError(`--io-size must be a multiple of 512, got '${args['io-size']}'`);
     demo = {
+      isolation,
       durationS: args.duration === undefined ? undefined : num('duration', args.duration, 0, 0.001, 1e9, false),
       queueDepth: num('queue-depth', args['queue-depth'], 16, 1, 1024),
       ioBytes,
@@ -145,6 +152,7 @@ async function main(): Promise<number> {
       cli: { debug: args.debug, logDir: args['tcmu-log-dir'] },
       handlerPath: args['handler-path'],
       configPath: args.config,
+      daemonOptions: { isolation },
       onStarted: async (daemon, registry, logger) => {
         const stops: (() => Promise<void>)[] = [];
         if (metricsAddress) {

@@ -15,7 +15,7 @@ import {
   TcmuConfigfsDevice, TcmuNetlink, readUioDevice, scanUioDevices, type ConfigfsIo, type Logger, type UioDevice,
 } from '@tcmu-ts/core/host';
 import { KernelBackend } from './kernel-backend.js';
-import { DeviceOpenError, Supervisor } from '../supervisor.js';
+import { DeviceOpenError, Supervisor, type Isolation } from '../supervisor.js';
 import type { DeviceSpec, RingEndpoint } from '../device-spec.js';
 import { AnotherDaemonError, acquireDaemonLock, describeProcess, findOpener, type DaemonLock } from './exclusive.js';
 
@@ -34,6 +34,8 @@ export interface DaemonOptions {
   supervisor?: Supervisor;
   /** The lock only one TCMU daemon holds: tcmu-runner's /run/tcmu.lock (under root) by default. */
   lockFile?: string;
+  /** Where the Supervisor runs device workers (SupervisorOptions.isolation); unused with `supervisor`. */
+  isolation?: Isolation;
 }
 
 type UioEndpoint = RingEndpoint & { close?(): void };
@@ -67,6 +69,7 @@ export class Daemon {
         else l[level](msg);
       },
       logCdbs: o.logger.level >= 5,
+      ...(o.isolation ? { isolation: o.isolation } : {}),
     });
   }
 

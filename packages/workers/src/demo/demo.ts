@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Supervisor } from '../supervisor.js';
+import { Supervisor, type Isolation } from '../supervisor.js';
 import { SimulatedBackend } from './sim-backend.js';
 import { VerifyingLoad, type LoadStats } from './load.js';
 import { diffBuckets, quantileFromBuckets, type CounterSnapshot } from '../counters.js';
@@ -15,6 +15,8 @@ import type { DeviceSpec } from '../device-spec.js';
 import { startMetricsServer, parseMetricsAddress, type MetricsServer } from '../metrics.js';
 
 export interface DemoOptions {
+  /** Where device workers run (SupervisorOptions.isolation). Default 'thread'. */
+  isolation?: Isolation;
   durationS?: number;
   queueDepth: number;
   ioBytes: number;
@@ -53,7 +55,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const out = o.out ?? process.stdout;
   const dir = mkdtempSync(join(tmpdir(), 'tcmu-ts-demo-'));
   const numLbas = (o.lunSizeMb << 20) / BLOCK_SIZE;
-  const sup = new Supervisor();
+  const sup = new Supervisor({ isolation: o.isolation ?? 'thread' });
   const luns: Lun[] = [];
   const specs: Omit<DeviceSpec, 'ring'>[] = [
     { name: 'ram0', subtype: 'ram', cfgstring: `${o.lunSizeMb}M`, handlerSpec: 'ram' },

@@ -1,154 +1,34 @@
 /**
- * Entry point of a device worker thread: map the ring, open the handler,
- * run the engine until told to stop. Anything thrown here that the engine
- * did not catch ends this thread only; the supervisor restarts it.
+ * Entry point of a device worker thread (the default isolation): the engine
+ * of device-runner.ts, talking to the supervisor through parentPort.
+ * Anything thrown here that the engine did not catch ends this thread only;
+ * the supervisor restarts it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { errnoNumber } from '@tcmu-ts/ring';
-import { errnoError, loadHandler, ScsiError, type DeviceHandler, type ScsiDeviceInfo } from '@tcmu-ts/core';
-import { fromWire, toWire, type PeerLink } from './executor.js';
-import { CounterWriter } from '../counters.js';
-import type { DeviceEngine } from './device-engine.js';
-import { HandlerOpenFailed, openRingDevice } from './serve-device.js';
-import type { DeviceSpec, PeerInfo, SupervisorCommand, WorkerEvent } from '../device-spec.js';
-
-interface WorkerInput {
-  spec: DeviceSpec;
-  counters: SharedArrayBuffer;
-  reopen: boolean;
-  logCdbs: boolean;
-  /** Signalled by the supervisor after each message it posts (EngineOptions.wakeFd). */
-  wakeFd: number;
-}
+import { setThreadNice, threadTid } from '@tcmu-ts/ring';
+import type { SupervisorCommand, WorkerEvent } from '../device-spec.js';
+import type { SupervisorLink, WorkerInput } from './device-runner.js';
 
 const port = parentPort!;
-const { spec, counters, reopen, logCdbs, wakeFd } = workerData as WorkerInput;
-const post = (e: WorkerEvent) => port.postMessage(e);
-const log = {
-  scsi: (msg: string) => post({ type: 'log', level: 'scsi', msg }),
-  debug: (msg: string) => post({ type: 'log', level: 'debug', msg }),
-  info: (msg: string) => post({ type: 'log', level: 'info', msg }),
-  warn: (msg: string) => post({ type: 'log', level: 'warn', msg }),
-  error: (msg: string) => post({ type: 'log', level: 'error', msg }),
+const input = workerData as WorkerInput;
+const link: SupervisorLink = {
+  sharesMemory: true,
+  post: (e: WorkerEvent) => port.postMessage(e),
+  onMessage: (listener: (m: SupervisorCommand) => void) => port.on('message', listener),
+  close: () => port.close(),
 };
 
-/** EXTENDED COPY to and from other LUNs: requests go to the supervisor, which forwards them. */
-let nextPeerId = 1;
-const peerLookups = new Map<number, (p: PeerInfo | undefined) => void>();
-const peerIos = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
-const peers: PeerLink = {
-  lookup(naa) {
-    const id = nextPeerId++;
-    return new Promise((resolve) => {
-      peerLookups.set(id, resolve);
-      post({ type: 'peer-lookup', id, naa });
-    });
-  },
-  io(device, op, lba, blocks, buf, offset) {
-    const id = nextPeerId++;
-    return new Promise((resolve, reject) => {
-      peerIos.set(id, { resolve, reject });
-      post({ type: 'peer-io', id, device, op, lba, blocks, buf, offset });
-    });
-  },
-};
-
-async function main(): Promise<void> {
-  const handler = await loadHandler(spec.handlerSpec);
-  let device;
+// Demoted before the engine's modules load: loading them is most of what a restart costs.
+if (input.nice > 0) {
   try {
-    device = await openRingDevice(spec, handler, reopen, {
-      counters: new CounterWriter(counters),
-      log,
-      onRingBroken: (reason) => post({ type: 'ring-broken', reason }),
-      peers,
-      wakeFd,
-      onAluaChange: (groups) => post({ type: 'alua-state', groups: groups.map((g) => ({ name: g.name, state: g.state, status: g.status })) }),
-    });
-  } catch (err) {
-    if (!(err instanceof HandlerOpenFailed)) throw err;
-    const e = err.cause;
-    const code = (e as { code?: string }).code;
-    const errno = code ? errnoFromCode(code) : 5;
-    post({ type: 'open-failed', reason: e instanceof Error ? e.message : String(e), errno });
-    return;
-  }
-  const { map, dev, handler: opened, info, engine: eng } = device;
-  eng.logCdbs = logCdbs;
-  if (spec.cmdTimeOut) log.info(`tcmur_cmd_time_out ${spec.cmdTimeOut} s`);
-  port.on('message', (m: SupervisorCommand) => {
-    const engine = eng;
-    switch (m.type) {
-      case 'peer-lookup-result': {
-        const r = peerLookups.get(m.id);
-        peerLookups.delete(m.id);
-        r?.(m.peer);
-        break;
-      }
-      case 'peer-io-done': {
-        const p = peerIos.get(m.id);
-        peerIos.delete(m.id);
-        if (m.error) p?.reject(fromWire(m.error));
-        else p?.resolve();
-        break;
-      }
-      case 'peer-io':
-        engine.servePeerIo(m.op, m.lba, m.blocks, m.buf, m.offset).then(
-          () => post({ type: 'peer-io-done', id: m.id }),
-          (e) => post({ type: 'peer-io-done', id: m.id, error: toWire(e) }),
-        );
-        break;
-      case 'log-cdbs':
-        engine.logCdbs = m.enabled;
-        break;
-      case 'stop':
-        engine.stop();
-        break;
-      case 'reconfig':
-        void reconfigure(m, opened, engine, info).then(
-          () => post({ type: 'reconfig-done', id: m.id, errno: 0 }),
-          (e) => post({ type: 'reconfig-done', id: m.id, errno: errnoFromCode((e as { code?: string }).code ?? 'EINVAL'), reason: e instanceof Error ? e.message : String(e) }),
-        );
-        break;
-    }
-  });
-  post({ type: 'ready', numLbas: dev.numLbas });
-  await eng.run();
-  await opened.close();
-  map.unmap();
-  post({ type: 'stopped' });
-  port.close();
-}
-
-/**
- * A size or write-cache change: the handler may refuse it (then nothing
- * changes); once accepted, initiators learn about it through a unit attention.
- * A new cfgstring the handler applies in place (fault options) needs none.
- */
-async function reconfigure(m: Extract<SupervisorCommand, { type: 'reconfig' }>, handler: DeviceHandler, engine: DeviceEngine, info: ScsiDeviceInfo): Promise<void> {
-  if (m.numLbas !== undefined && m.numLbas !== info.numLbas) {
-    await handler.reconfig?.({ kind: 'size', numLbas: m.numLbas, devSize: m.numLbas * info.blockSize });
-    info.numLbas = m.numLbas;
-    engine.raiseUnitAttention(ScsiError.capacityChanged());
-  }
-  if (m.writeCache !== undefined && m.writeCache !== info.writeCache) {
-    await handler.reconfig?.({ kind: 'writecache', enabled: m.writeCache });
-    info.writeCache = m.writeCache;
-    engine.raiseUnitAttention(ScsiError.modeParametersChanged());
-  }
-  if (m.cfgstring !== undefined) {
-    // In place or not at all: a handler without reconfig() gets reopened by the supervisor.
-    if (!handler.reconfig) throw errnoError('EOPNOTSUPP', 'the handler cannot change its config in place');
-    await handler.reconfig({ kind: 'config', cfgstring: m.cfgstring });
+    setThreadNice(threadTid(), input.nice);
+  } catch (e) {
+    link.post({ type: 'log', level: 'warn', msg: `cannot lower this worker's CPU priority: ${e instanceof Error ? e.message : String(e)}` });
   }
 }
+const { runDeviceWorker } = await import('./device-runner.js');
 
-/** The errno a code stands for; EIO for one the platform does not know. */
-function errnoFromCode(code: string): number {
-  return errnoNumber(code) ?? 5;
-}
-
-main().catch((e) => {
+runDeviceWorker(input, link).catch((e) => {
   // Rethrown so the thread dies with an 'error' event the supervisor sees.
   setImmediate(() => { throw e; });
 });
