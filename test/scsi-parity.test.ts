@@ -639,21 +639,24 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       expect(Buffer.compare((await ini.read(10, 40)).data, data)).to.equal(0);
     });
 
-    it('copies between two LUNs on different worker threads, whichever end receives the command', async () => {
-      const a = await lun('xa', '4M', { maxXferBlocks: 64 });
-      const b = await lun('xb', '4M;slowwrite=5', { maxXferBlocks: 128 });
+    /** 300 blocks written on a, copied to b by a command sent to a (push), 100 of them back by one sent to b (pull). */
+    async function copyBothWays(a: Initiator, b: Initiator, seed: number): Promise<void> {
       const [na, nb] = [await naaOf(a), await naaOf(b)];
       expect(Buffer.compare(na, nb)).to.not.equal(0);
-      const data = fill(300, 31);
+      const data = fill(300, seed);
       for (let i = 0; i < 300; i += 60) expectGood(await a.write(i, data.subarray(i * BS, (i + 60) * BS)));
-      // Sent to the source LUN: push to b.
       const push = xcopyList([na, nb], [{ s: 0, d: 1, blocks: 300, src: 0, dst: 500 }]);
       expectGood(await a.send(xcopyCdb(push.length), { dataOut: push }));
       for (let i = 0; i < 300; i += 100) expect(Buffer.compare((await b.read(500 + i, 100)).data, data.subarray(i * BS, (i + 100) * BS))).to.equal(0);
-      // Sent to the destination LUN: pull from a.
       const pull = xcopyList([nb, na], [{ s: 1, d: 0, blocks: 100, src: 100, dst: 2000 }]);
       expectGood(await b.send(xcopyCdb(pull.length), { dataOut: pull }));
       expect(Buffer.compare((await b.read(2000, 100)).data, data.subarray(100 * BS, 200 * BS))).to.equal(0);
+    }
+
+    it('copies between two LUNs on different worker threads, whichever end receives the command', async () => {
+      const a = await lun('xa', '4M', { maxXferBlocks: 64 });
+      const b = await lun('xb', '4M;slowwrite=5', { maxXferBlocks: 128 });
+      await copyBothWays(a, b, 31);
       expect(a.target).to.not.equal(b.target);
     });
 
@@ -661,15 +664,7 @@ describe('tcmu-runner parity: emulated commands end to end', function () {
       it(`copies between a LUN in a ${ia === 'process' ? 'device process' : 'worker thread'} and one in a ${ib === 'process' ? 'device process' : 'worker thread'} (the blocks cross in messages)`, async () => {
         const a = await lun('pa', '4M', { maxXferBlocks: 64 }, 8192, ia);
         const b = await lun('pb', '4M', { maxXferBlocks: 128 }, 8192, ib);
-        const [na, nb] = [await naaOf(a), await naaOf(b)];
-        const data = fill(300, 47);
-        for (let i = 0; i < 300; i += 60) expectGood(await a.write(i, data.subarray(i * BS, (i + 60) * BS)));
-        const push = xcopyList([na, nb], [{ s: 0, d: 1, blocks: 300, src: 0, dst: 500 }]);
-        expectGood(await a.send(xcopyCdb(push.length), { dataOut: push }));
-        for (let i = 0; i < 300; i += 100) expect(Buffer.compare((await b.read(500 + i, 100)).data, data.subarray(i * BS, (i + 100) * BS))).to.equal(0);
-        const pull = xcopyList([nb, na], [{ s: 1, d: 0, blocks: 100, src: 100, dst: 2000 }]);
-        expectGood(await b.send(xcopyCdb(pull.length), { dataOut: pull }));
-        expect(Buffer.compare((await b.read(2000, 100)).data, data.subarray(100 * BS, 200 * BS))).to.equal(0);
+        await copyBothWays(a, b, 47);
       });
     }
 
