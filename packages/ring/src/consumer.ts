@@ -374,8 +374,16 @@ export class RingConsumer {
     this.outstanding[cmdId] = 0;
     // Skip PAD/TMR entries that follow once nothing is left to answer, so the kernel can reclaim them.
     if (this.unanswered === 0) tail = this.readPos;
+    // An admin's action/reset_ring may land at any moment, also since checkTail() above. A plain
+    // store would then overwrite the kernel's tail of 0, and the kernel would take the entries it
+    // has queued since (ids restart at 1) for answered: new commands completed, GOOD, without
+    // being run. Move the tail only if it is still the one we stored.
+    const was = this.tailPos;
+    // A reset back to 0 while our tail was 0 is invisible to the exchange; head behind what we read is not.
+    if (was === 0 && ringUsed(this.head(), 0, this.cmdrSize) < this.readPos) throw new RingBrokenError(`cmd_head ${this.head()} moved back behind the entries read up to ${this.readPos} (tail 0)`);
     this.tailPos = tail;
-    Atomics.store(this.u32, Mailbox.CMD_TAIL / 4, tail);
+    const seen = Atomics.compareExchange(this.u32, Mailbox.CMD_TAIL / 4, was, tail);
+    if (seen !== was) throw new RingBrokenError(`cmd_tail changed under us: ${seen}, we stored ${was}`);
   }
 
   /** cmd_tail must still be what we stored. */
