@@ -83,3 +83,4 @@ describe('soak, short: kill -9 of a worker and of the daemon, ring reset, dev_si
     expect(r.passed).to.equal(true);
   });
 });
+

@@ -42,6 +42,8 @@ export interface SoakOptions {
   queueDepth?: number;
   /** Pause between two events, drawn from [min, max] ms. Default [1500, 5000]. */
   eventGapMs?: [number, number];
+  /** The kinds of event to draw from; all by default. */
+  events?: readonly SoakEvent[];
   /** A progress line now and then. */
   progress?: (line: string) => void;
   progressEveryMs?: number;
@@ -91,6 +93,9 @@ export interface SoakReport {
   qcowCheck?: { corruptions: number; leaks: number; checkErrors: number } | { error: string };
   /** Open fds of each daemon: right after start and when it was killed or stopped, with its worker restarts in between. */
   daemonFds: { atStart: number; atEnd: number; workerRestarts: number }[];
+  /** Every event: seconds from the start, kind, LUN; and when a read during the run first came back wrong. */
+  timeline: { at: number; event: SoakEvent; lun: string }[];
+  firstBadReadAt?: number;
   /** What went wrong besides the data (a refused reconfiguration, a LUN that did not recover). */
   anomalies: string[];
   /** lost, torn, mismatches and anomalies all 0, every kind of event at least once. */
@@ -410,6 +415,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   const events = Object.fromEntries(SOAK_EVENTS.map((e) => [e, 0])) as Record<SoakEvent, number>;
   const recoveryMs = Object.fromEntries(SOAK_EVENTS.map((e) => [e, [] as number[]])) as Record<SoakEvent, number[]>;
   const duringRun = emptyOutcome();
+  const timeline: SoakReport['timeline'] = [];
+  let firstBadReadAt: number | undefined;
   const daemonFds: SoakReport['daemonFds'] = [];
   let daemons = 0;
   let daemon: DaemonProcess | undefined;
@@ -480,7 +487,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           const res = await l.ini.read(lba, blocks, bs);
           if (res.ok) {
             l.stats.verifiedReads++;
-            addOutcome(duringRun, l.journal.check(first, res.data));
+            const c = l.journal.check(first, res.data);
+            if (c.lostWrites + c.tornWrites + c.staleSectors + c.mismatches > 0) firstBadReadAt ??= Math.round((performance.now() - t0) / 100) / 10;
+            addOutcome(duringRun, c);
           }
           backOff = !l.completed(tag, res);
         }
@@ -508,6 +517,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     if (candidates.length === 0) return;
     const l = candidates[Math.floor(rand() * candidates.length)];
     const t = performance.now();
+    timeline.push({ at: Math.round((t - t0) / 100) / 10, event: e, lun: e === 'daemon-kill' ? 'all' : l.spec.name });
     switch (e) {
       case 'worker-kill': {
         l.restartTimes.push(t);
@@ -581,11 +591,12 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     slots = luns.flatMap((l) => Array.from({ length: qd }, (_, i) => slot(l, mulberry32((o.seed ^ (l.index * 7919 + i * 104729)) >>> 0))));
     ticker = setInterval(() => progress(line()), o.progressEveryMs ?? 5000);
     // Every kind once, in a seeded order, then kinds drawn at random.
-    const firstRound = [...SOAK_EVENTS].sort(() => rand() - 0.5);
+    const kinds = o.events ?? SOAK_EVENTS;
+    const firstRound = [...kinds].sort(() => rand() - 0.5);
     while (firstRound.length > 0 || performance.now() - t0 < o.durationMs) {
       await new Promise((res) => setTimeout(res, gapMin + rand() * (gapMax - gapMin)));
       if (firstRound.length === 0 && performance.now() - t0 >= o.durationMs) break;
-      await runEvent(firstRound.shift() ?? SOAK_EVENTS[Math.floor(rand() * SOAK_EVENTS.length)]);
+      await runEvent(firstRound.shift() ?? kinds[Math.floor(rand() * kinds.length)]);
     }
   } catch (e) {
     anomalies.push(e instanceof Error ? e.message : String(e));
@@ -631,7 +642,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   const qcow = qcowCheck(specs[1].path);
   if ('corruptions' in qcow && qcow.corruptions > 0) anomalies.push(`qemu-img check: ${qcow.corruptions} corruptions in ${specs[1].path}`);
   if ('error' in qcow) anomalies.push(qcow.error);
-  for (const e of SOAK_EVENTS) if (events[e] === 0) anomalies.push(`no ${e} event happened`);
+  for (const e of o.events ?? SOAK_EVENTS) if (events[e] === 0) anomalies.push(`no ${e} event happened`);
 
   await k.close();
   await new Promise<void>((res) => log.end(() => res()));
@@ -655,6 +666,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     final,
     qcowCheck: qcow,
     daemonFds,
+    timeline,
+    ...(firstBadReadAt !== undefined ? { firstBadReadAt } : {}),
     anomalies,
     passed,
     dir,
