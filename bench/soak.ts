@@ -44,7 +44,7 @@ export async function main(argv: string[]): Promise<number> {
       `not GOOD: ${Object.entries(l.failures).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}\n`);
   }
   for (const [what, c] of [['reads during the run', r.duringRun], ['final check', r.final]] as const) {
-    out.write(`${what}: ${c.sectors} sectors, ${c.lostWrites} lost, ${c.tornWrites} torn, ${c.staleSectors} stale sectors, ${c.mismatches} mismatches\n`);
+    out.write(`${what}: ${c.sectors} sectors, ${c.lostWrites} lost, ${c.tornWrites} torn, ${c.staleSectors} stale sectors, ${c.mismatches} mismatches; ${c.indeterminate} sectors left indeterminate by an admin's ring reset\n`);
     for (const s of c.samples) out.write(`  ${s}\n`);
   }
   if (r.qcowCheck) out.write(`qemu-img check: ${JSON.stringify(r.qcowCheck)}\n`);

@@ -62,6 +62,27 @@ describe('soak journal: what counts as lost, torn or wrong', () => {
   });
 });
 
+describe("soak journal: a range an admin's ring reset left indeterminate", () => {
+  it('may hold any sector of its LUN until the next acknowledged write; corrupt or foreign sectors are still mismatches', () => {
+    const j = new LunJournal(2, 64);
+    const a = j.issue(0, 4);
+    j.acknowledged(a);
+    const failed = j.issue(0, 4);
+    j.notAcknowledged(failed, true, true);
+    const other = j.issue(40, 4); // another write's data, landed here
+    j.acknowledged(other);
+    const disk = sectors(4);
+    fillSectors(disk.subarray(0, 2 * SECTOR), 2, 40, other);
+    fillSectors(disk.subarray(2 * SECTOR, 3 * SECTOR), 9, 2, a); // another LUN's: never
+    fillSectors(disk.subarray(3 * SECTOR), 2, 3, a);
+    disk[3 * SECTOR + 77] ^= 1; // corrupt: never
+    expect(j.check(0, disk)).to.deep.include({ indeterminate: 2, mismatches: 2, staleSectors: 0 });
+    const next = j.issue(0, 2);
+    j.acknowledged(next); // from here sectors 0-1 must hold it again
+    expect(j.check(0, disk.subarray(0, 2 * SECTOR))).to.deep.include({ indeterminate: 0, mismatches: 2 });
+  });
+});
+
 describe('soak, short: kill -9 of a worker and of the daemon, ring reset, dev_size, dev_config under load on file and qcow', function () {
   this.timeout(120_000);
 

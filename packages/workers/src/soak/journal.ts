@@ -16,6 +16,13 @@
  * reset, a daemon killed under it); 0 (zeros) if nothing was acknowledged.
  * A write that never reached the ring (cmd id 0: refused by a blocked
  * device, never queued) cannot have landed and is not allowed.
+ *
+ * One exception, marked by the caller: a write failed by a ring reset that an
+ * admin made under a live daemon may leave any sector of this LUN over its
+ * range (indeterminate, as SBC allows for a failed write), since the kernel
+ * rewrites the ring and reuses the data area while the daemon may still be
+ * reading an entry or running an IO of it (docs/RELIABILITY.md). Such
+ * sectors are counted apart, and the next acknowledged write over them ends it.
  */
 
 export const SECTOR = 512;
@@ -84,12 +91,14 @@ export interface CheckOutcome {
   staleSectors: number;
   /** Corrupt, misplaced, or holding a version that was never allowed there. */
   mismatches: number;
+  /** Sectors holding something else of this LUN where an admin's reset left them indeterminate (allowed). */
+  indeterminate: number;
   /** A few lines saying what was wrong, for the report. */
   samples: string[];
 }
 
 export function emptyOutcome(): CheckOutcome {
-  return { sectors: 0, lostWrites: 0, tornWrites: 0, staleSectors: 0, mismatches: 0, samples: [] };
+  return { sectors: 0, lostWrites: 0, tornWrites: 0, staleSectors: 0, mismatches: 0, indeterminate: 0, samples: [] };
 }
 
 export function addOutcome(into: CheckOutcome, o: CheckOutcome): void {
@@ -98,6 +107,7 @@ export function addOutcome(into: CheckOutcome, o: CheckOutcome): void {
   into.tornWrites += o.tornWrites;
   into.staleSectors += o.staleSectors;
   into.mismatches += o.mismatches;
+  into.indeterminate += o.indeterminate;
   for (const s of o.samples) if (into.samples.length < 20) into.samples.push(s);
 }
 
@@ -107,6 +117,8 @@ export class LunJournal {
   private readonly acked: Uint32Array;
   /** Versions issued after it and not acknowledged, by sector. */
   private readonly unacked = new Map<number, number[]>();
+  /** 1: left indeterminate by a write an admin's ring reset failed, until the next acknowledged write. */
+  private readonly indeterminate: Uint8Array;
   /** Each version's extent, for telling a lost write from a torn one. */
   private extentFirst = new Uint32Array(1 << 16);
   private extentCount = new Uint32Array(1 << 16);
@@ -116,6 +128,7 @@ export class LunJournal {
 
   constructor(readonly lun: number, readonly maxSectors: number) {
     this.acked = new Uint32Array(maxSectors);
+    this.indeterminate = new Uint8Array(maxSectors);
   }
 
   /** A new version for sectors first..first+count-1; fill the data with fillSectors(). */
@@ -142,15 +155,20 @@ export class LunJournal {
     for (let s = first, end = first + this.extentCount[seq]; s < end; s++) {
       this.acked[s] = seq;
       this.unacked.delete(s);
+      this.indeterminate[s] = 0;
     }
   }
 
-  /** The write failed after reaching the ring (reachedRing) or before it (it cannot have landed). */
-  notAcknowledged(seq: number, reachedRing: boolean): void {
+  /**
+   * The write failed after reaching the ring (reachedRing) or before it (it cannot have landed);
+   * `indeterminate`: failed by a ring reset an admin made under a live daemon.
+   */
+  notAcknowledged(seq: number, reachedRing: boolean, indeterminate = false): void {
     this.unackedWrites++;
     if (!reachedRing) return;
     const first = this.extentFirst[seq];
     for (let s = first, end = first + this.extentCount[seq]; s < end; s++) {
+      if (indeterminate) this.indeterminate[s] = 1;
       const l = this.unacked.get(s);
       if (l) l.push(seq);
       else this.unacked.set(s, [seq]);
@@ -175,6 +193,10 @@ export class LunJournal {
     for (let i = 0; i < count; i++) {
       const sector = firstSector + i;
       const r = readSector(dv, i * SECTOR, this.lun, sector);
+      if (this.indeterminate[sector] && ('bad' in r ? r.bad.startsWith(`misplaced: holds LUN ${this.lun} `) : !this.allowed(sector).includes(r.version))) {
+        out.indeterminate++;
+        continue;
+      }
       if ('bad' in r) {
         out.mismatches++;
         if (out.samples.length < 5) out.samples.push(`LUN ${this.lun} sector ${sector}: ${r.bad}`);

@@ -137,6 +137,8 @@ class SoakLun {
   private capacityReached: (() => void) | undefined;
   readingCapacity = false;
   restartTimes: number[] = [];
+  /** From an admin's ring reset until the LUN serves again: writes failed by a reset now leave their range indeterminate. */
+  adminResetWindow = false;
   readonly stats = {
     commands: 0, writes: 0, fuaWrites: 0, reads: 0, verifiedReads: 0, syncs: 0, capacityUnitAttentions: 0, otherUnitAttentions: 0,
     failures: {} as Record<string, number>,
@@ -480,7 +482,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           if (fua) l.stats.fuaWrites++;
           const res = await l.ini.write(lba, data, bs, { fua });
           if (res.ok) l.journal.acknowledged(seq);
-          else l.journal.notAcknowledged(seq, res.cmdId !== 0);
+          else l.journal.notAcknowledged(seq, res.cmdId !== 0, l.adminResetWindow && res.failure === 'reset');
           backOff = !l.completed(tag, res);
         } else {
           l.stats.reads++;
@@ -531,12 +533,14 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         l.restartTimes.push(t);
         // The worker finds its ring reset under it (ring broken) and the supervisor restarts it on a ring it resets again.
         const back = l.recovery(true);
+        l.adminResetWindow = true;
         const action = join(k.root, `sys/kernel/config/target/core/user_${l.dev.hba}/${l.dev.name}/action`);
         // What an admin does: echo 1 > block_dev; echo 1 > reset_ring; echo 0 > block_dev.
         k.applyAction(join(action, 'block_dev'), '1');
         k.applyAction(join(action, 'reset_ring'), '1');
         k.applyAction(join(action, 'block_dev'), '0');
         await withLimit(back, `${l.spec.name} serving again after a ring reset`);
+        l.adminResetWindow = false;
         break;
       }
       case 'daemon-kill': {
