@@ -218,10 +218,10 @@ describe('ring consumer', () => {
       }
     }
     /** action/reset_ring, then a new command (ids restart at 1) queued at offset 0. */
-    function resetAndQueue(r: HandRing): void {
+    function resetAndQueue(r: HandRing, cdb = READ10): void {
       r.dv.setUint32(Mailbox.CMD_TAIL, 0, true);
       r.head = 0;
-      r.cmd(1, READ10, [[r.dataOff, 512]]);
+      r.cmd(1, cdb, [[r.dataOff, 512]]);
       r.publish();
     }
 
@@ -252,6 +252,21 @@ describe('ring consumer', () => {
       c.next();
       c.kernel = () => resetAndQueue(r);
       expect(() => c.complete(2, 0)).to.throw(RingBrokenError, /moved back behind the entries read/);
+      expect(r.tail()).to.equal(0);
+    });
+
+    it('sees the reset when its own tail was 0 and the kernel has queued past what it read, by the entry at offset 0', () => {
+      const r = new HandRing();
+      r.cmd(1, READ10, [[r.dataOff, 512]]);
+      r.publish();
+      const c = new RacedConsumer(r.buf);
+      c.next();
+      c.kernel = () => {
+        resetAndQueue(r, [0x28, 0, 0, 0, 0, 7, 0, 0, 1, 0]); // id 1 at offset 0 again, another LBA
+        r.cmd(2, READ10, [[r.dataOff + 512, 512]]);
+        r.publish();
+      };
+      expect(() => c.complete(1, 0)).to.throw(RingBrokenError, /entry at ring offset 0 is not the one we read/);
       expect(r.tail()).to.equal(0);
     });
   });
