@@ -446,7 +446,8 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --soak               instead: the soak, load on a file and a qcow LUN while workers and
                        the daemon are killed -9, rings reset, LUNs grown and reconfigured,
                        then every sector checked against the acknowledged writes
-                       (--minutes <n>, default 10; --seed <s>; --qd <n>): results/soak.json
+                       (--minutes <n>, default 10; --seed <s>; --qd <n>; --events <kinds>):
+                       results/soak.json
   -h, --help
 `;
 

@@ -1,5 +1,5 @@
 /**
- * The soak (issue 17, item 5): `npm run bench -- --soak [--minutes N] [--seed S] [--qd N]`.
+ * The soak (issue 17, item 5): `npm run bench -- --soak [--minutes N] [--seed S] [--qd N] [--events kind,...]`.
  * Load on a `file` and a `qcow` LUN for N minutes (default 10) while workers
  * and the whole daemon are killed with -9, rings are reset, LUNs grow and get
  * a new dev_config; then every sector is checked against the journal of
@@ -11,7 +11,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { SOAK_EVENTS, runSoak } from '@tcmu-ts/workers/soak/soak';
+import { SOAK_EVENTS, runSoak, type SoakEvent } from '@tcmu-ts/workers/soak/soak';
 import { BENCH_DIR } from './lib/native.js';
 
 function wholeNumber(name: string, v: string | boolean | undefined, dflt: number, min: number): number {
@@ -24,13 +24,16 @@ function wholeNumber(name: string, v: string | boolean | undefined, dflt: number
 export async function main(argv: string[]): Promise<number> {
   const { values: a } = parseArgs({
     args: argv, strict: false,
-    options: { soak: { type: 'boolean' }, minutes: { type: 'string' }, seed: { type: 'string' }, qd: { type: 'string' } },
+    options: { soak: { type: 'boolean' }, minutes: { type: 'string' }, seed: { type: 'string' }, qd: { type: 'string' }, events: { type: 'string' } },
   });
   const minutes = wholeNumber('minutes', a.minutes, 10, 0.1);
   const seed = Math.floor(wholeNumber('seed', a.seed, 17, 0));
   const queueDepth = Math.floor(wholeNumber('qd', a.qd, 16, 1));
+  const events = typeof a.events === 'string' ? a.events.split(',') : undefined;
+  const unknown = events?.find((e) => !(SOAK_EVENTS as readonly string[]).includes(e));
+  if (unknown !== undefined) throw new Error(`--events: unknown kind '${unknown}' (kinds: ${SOAK_EVENTS.join(', ')})`);
   process.stderr.write(`[soak] ${minutes} min, seed ${seed}, QD ${queueDepth} per LUN, LUNs file (4 KiB blocks) and qcow (512 B blocks)\n`);
-  const r = await runSoak({ durationMs: minutes * 60_000, seed, queueDepth, progress: (l) => process.stderr.write(`${l}\n`), progressEveryMs: 10_000 });
+  const r = await runSoak({ durationMs: minutes * 60_000, seed, queueDepth, ...(events ? { events: events as SoakEvent[] } : {}), progress: (l) => process.stderr.write(`${l}\n`), progressEveryMs: 10_000 });
   const out = process.stdout;
   out.write(`\nsoak, seed ${r.seed}: ${(r.seconds / 60).toFixed(1)} min, ${r.commands} commands (${r.iops} IOPS), ${r.ackedWrites} writes acknowledged, ${r.daemons} daemons\n`);
   out.write(`${'event'.padEnd(13)}${'count'.padStart(6)}   recovery ms (min / median / max)\n`);
