@@ -42,19 +42,20 @@ export type FromDaemon =
   | { t: 'worker-killed'; name: string; ok: boolean }
   | { t: 'fds'; id: number; count: number };
 
-const ACTION_PATH = /\/action\/(block_dev|reset_ring)$/;
+/** What the kernel acts on at once: the actions, and tmr_notification (the daemon turns it on at adoption). */
+const ACTION_PATH = /\/(action\/block_dev|action\/reset_ring|attrib\/tmr_notification)$/;
 
 /**
  * A device worker ends without warning, as a crash in it would end it: the
  * supervisor sees the exit and takes its normal restart path (block, reset
- * the ring, new worker, unblock). Device workers are threads, so this is
- * Worker.terminate(): the handler is not closed and nothing on the ring is
- * answered. With a process per LUN this would be its SIGKILL.
+ * the ring, new worker, unblock). The handle's kill() is Worker.terminate()
+ * for a thread and SIGKILL for a device process: the handler is not closed
+ * and nothing on the ring is answered.
  */
 function killDeviceWorker(supervisor: Supervisor, name: string): boolean {
   const worker = supervisor.devices.get(name)?.worker;
   if (!worker) return false;
-  void worker.terminate();
+  worker.kill();
   return true;
 }
 
