@@ -443,6 +443,11 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
   --isolation          instead: LUN B's IOPS alone and while LUN A's handler throws,
                        hangs, leaks or kills its worker, alternating (--repeat,
                        --seconds, --only <regex of faults>): results/isolation.json
+  --soak               instead: the soak, load on a file and a qcow LUN while workers and
+                       the daemon are killed -9, rings reset, LUNs grown and reconfigured,
+                       then every sector checked against the acknowledged writes
+                       (--minutes <n>, default 10; --seed <s>; --qd <n>; --events <kinds>):
+                       results/soak.json
   -h, --help
 `;
 
@@ -450,6 +455,7 @@ async function main(): Promise<number> {
   if (process.argv.includes('--rbd')) return (await import('./rbd-bench.js')).main(process.argv.slice(2));
   if (process.argv.includes('--glfs')) return (await import('./glfs-bench.js')).main(process.argv.slice(2));
   if (process.argv.includes('--isolation')) return (await import('./isolation-bench.js')).main(process.argv.slice(2));
+  if (process.argv.includes('--soak')) return (await import('./soak.js')).main(process.argv.slice(2));
   const { values: a } = parseArgs({
     options: {
       quick: { type: 'boolean' }, name: { type: 'string' }, only: { type: 'string' }, consumers: { type: 'string' },

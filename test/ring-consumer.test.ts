@@ -203,6 +203,74 @@ describe('ring consumer', () => {
     expect(c.inFlight).to.equal(0);
   });
 
+  // Found by the soak (an admin's reset_ring under load): the kernel may reset the ring between the
+  // consumer's check of cmd_tail and its store of the new one.
+  describe('a ring reset racing a completion', () => {
+    /** Runs `kernel` right after the consumer's next read of cmd_tail, as another CPU could. */
+    class RacedConsumer extends RingConsumer {
+      kernel: (() => void) | undefined;
+      override tail(): number {
+        const t = super.tail();
+        const k = this.kernel;
+        this.kernel = undefined;
+        k?.();
+        return t;
+      }
+    }
+    /** action/reset_ring, then a new command (ids restart at 1) queued at offset 0. */
+    function resetAndQueue(r: HandRing, cdb = READ10): void {
+      r.dv.setUint32(Mailbox.CMD_TAIL, 0, true);
+      r.head = 0;
+      r.cmd(1, cdb, [[r.dataOff, 512]]);
+      r.publish();
+    }
+
+    it('leaves the kernel\'s tail of 0 alone: the command queued after the reset is not answered', () => {
+      const r = new HandRing();
+      r.cmd(1, READ10, [[r.dataOff, 512]]);
+      r.cmd(2, READ10, [[r.dataOff + 512, 512]]);
+      r.publish();
+      const c = new RacedConsumer(r.buf);
+      c.next();
+      c.next();
+      c.complete(1, 0);
+      expect(r.tail()).to.be.greaterThan(0);
+      c.kernel = () => resetAndQueue(r);
+      expect(() => c.complete(2, 0)).to.throw(RingBrokenError, /cmd_tail changed under us: 0/);
+      expect(r.tail()).to.equal(0);
+    });
+
+    it('sees the reset when its own tail was 0 too, by cmd_head behind what it had read', () => {
+      const r = new HandRing();
+      r.cmd(1, READ10, [[r.dataOff, 512]]);
+      r.cmd(2, READ10, [[r.dataOff + 512, 512]]);
+      r.cmd(3, READ10, [[r.dataOff + 1024, 512]]);
+      r.publish();
+      const c = new RacedConsumer(r.buf);
+      c.next();
+      c.next();
+      c.next();
+      c.kernel = () => resetAndQueue(r);
+      expect(() => c.complete(2, 0)).to.throw(RingBrokenError, /moved back behind the entries read/);
+      expect(r.tail()).to.equal(0);
+    });
+
+    it('sees the reset when its own tail was 0 and the kernel has queued past what it read, by the entry at offset 0', () => {
+      const r = new HandRing();
+      r.cmd(1, READ10, [[r.dataOff, 512]]);
+      r.publish();
+      const c = new RacedConsumer(r.buf);
+      c.next();
+      c.kernel = () => {
+        resetAndQueue(r, [0x28, 0, 0, 0, 0, 7, 0, 0, 1, 0]); // id 1 at offset 0 again, another LBA
+        r.cmd(2, READ10, [[r.dataOff + 512, 512]]);
+        r.publish();
+      };
+      expect(() => c.complete(1, 0)).to.throw(RingBrokenError, /entry at ring offset 0 is not the one we read/);
+      expect(r.tail()).to.equal(0);
+    });
+  });
+
   it('calls cmd_tail written by someone else a broken ring, before reading or completing', () => {
     const r = new HandRing();
     r.cmd(1, READ10, [[r.dataOff, 512]]);

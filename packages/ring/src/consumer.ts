@@ -127,6 +127,9 @@ export interface CompletionOptions {
 }
 
 
+/** How much of the entry at ring offset 0 is kept to recognise it (header, iovecs and CDB of common entries). */
+const ZERO_ENTRY_COPY = 256;
+
 export class RingConsumer {
   readonly version: number;
   readonly flags: number;
@@ -148,6 +151,13 @@ export class RingConsumer {
   private unanswered = 0;
   /** 1 for each id read and not yet answered: a second completion of an id would break the kernel's ring for good. */
   private readonly outstanding = new Uint8Array(0x10000);
+  /**
+   * The entry at ring offset 0 as we read it (up to its first ZERO_ENTRY_COPY bytes, CDB
+   * included for common entries): while our tail is 0 a reset_ring leaves the tail as we
+   * stored it, and only a different entry there shows the kernel has rewritten the ring.
+   */
+  private readonly atZero = new Uint8Array(ZERO_ENTRY_COPY);
+  private atZeroLen = 0;
 
   constructor(map: ArrayBuffer) {
     this.mapSize = map.byteLength;
@@ -246,6 +256,11 @@ export class RingConsumer {
         throw new RingBrokenError(`entry at ring offset ${at} has length ${len} (${avail} bytes up to head, ${this.cmdrSize - at} to the end)`);
       }
       this.readPos = (at + len) % this.cmdrSize;
+      if (at === 0) {
+        const n = Math.min(len, ZERO_ENTRY_COPY);
+        for (let i = 0; i < n; i++) this.atZero[i] = this.u8[base + i]; // no subarray: nothing allocated here
+        this.atZeroLen = n;
+      }
       if (op === EntryOp.PAD) {
         // The kernel pads only up to the end of the ring, when the next entry would not fit there.
         if (at + len !== this.cmdrSize) return this.malformed(0, 'misplaced-pad', `PAD of ${len} bytes ends at ${at + len}, not at the ring's end ${this.cmdrSize}`, at);
@@ -352,6 +367,9 @@ export class RingConsumer {
     if (this.unanswered === 0) throw new Error(`completion of cmd ${cmdId} with no command outstanding`);
     if (this.outstanding[cmdId] !== 1) throw new Error(`completion of cmd ${cmdId}, which is not outstanding (answered twice, or never read)`);
     this.checkTail();
+    // A reset back to 0 while our tail was 0 is invisible to checkTail() and to the exchange below;
+    // cmd_head behind what we read, or another entry at offset 0, is not.
+    if (this.tailPos === 0) this.checkNotResetAtZero();
     let tail = this.tailPos;
     // Every entry up to readPos was checked when it was read; one rewritten since then must not send us round the ring.
     let left = ringUsed(this.readPos, tail, this.cmdrSize);
@@ -374,8 +392,23 @@ export class RingConsumer {
     this.outstanding[cmdId] = 0;
     // Skip PAD/TMR entries that follow once nothing is left to answer, so the kernel can reclaim them.
     if (this.unanswered === 0) tail = this.readPos;
+    // An admin's action/reset_ring may land at any moment, also since checkTail() above. A plain
+    // store would then overwrite the kernel's tail of 0, and the kernel would take the entries it
+    // has queued since (ids restart at 1) for answered: new commands completed, GOOD, without
+    // being run. Move the tail only if it is still the one we stored.
+    const was = this.tailPos;
     this.tailPos = tail;
-    Atomics.store(this.u32, Mailbox.CMD_TAIL / 4, tail);
+    const seen = Atomics.compareExchange(this.u32, Mailbox.CMD_TAIL / 4, was, tail);
+    if (seen !== was) throw new RingBrokenError(`cmd_tail changed under us: ${seen}, we stored ${was}`);
+  }
+
+  private checkNotResetAtZero(): void {
+    const head = this.head();
+    if (ringUsed(head, 0, this.cmdrSize) < this.readPos) throw new RingBrokenError(`cmd_head ${head} moved back behind the entries read up to ${this.readPos} (tail 0)`);
+    const base = this.cmdrOff;
+    for (let i = 0; i < this.atZeroLen; i++) {
+      if (this.u8[base + i] !== this.atZero[i]) throw new RingBrokenError('the entry at ring offset 0 is not the one we read: the ring was reset under us');
+    }
   }
 
   /** cmd_tail must still be what we stored. */
@@ -417,6 +450,7 @@ export class RingConsumer {
     if (t >= this.cmdrSize || t % 8 !== 0) throw new RingBrokenError(`cmd_tail ${t} outside the ring`);
     this.readPos = t;
     this.tailPos = t;
+    this.atZeroLen = 0;
     this.unanswered = 0;
     this.outstanding.fill(0);
   }
