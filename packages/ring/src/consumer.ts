@@ -200,12 +200,12 @@ export class RingConsumer {
     return this.unanswered;
   }
 
-  /** Ring bytes between the mailbox tail and head. */
   /** The command with this id was read off the ring and not yet answered. */
   isOutstanding(cmdId: number): boolean {
     return this.outstanding[cmdId & 0xffff] === 1;
   }
 
+  /** Ring bytes between the mailbox tail and head. */
   ringBytesUsed(): number {
     return ringUsed(this.head(), this.tail(), this.cmdrSize);
   }
