@@ -465,24 +465,41 @@ describe('metrics endpoint', function () {
   });
 });
 
+/**
+ * One `fault/ram/4M;hang=1` device behind a backend that is not a
+ * SimulatedBackend: like a real kernel's device, only the worker's view of
+ * the ring is there for /metrics to report. Every command hangs until the
+ * fault options change.
+ */
+async function withPlainDevice(
+  name: string, kernel: { cmdTimeOutSec: number; kernelCmdTimeOut?: number },
+  body: (t: { sim: KernelSimulator; sup: Supervisor; init: Initiator; scrape: () => Promise<Exposition> }) => Promise<void>,
+): Promise<void> {
+  const sim = new KernelSimulator({ name, cmdRingSizeMb: 1, maxDataAreaMb: 8, cmdTimeOutSec: kernel.cmdTimeOutSec });
+  const backend: DeviceBackend = { endpoint: sim.endpoint, block: () => sim.block(), unblock: () => sim.unblock(), resetRing: () => sim.resetRing(1) };
+  const sup = new Supervisor({ log: () => {} });
+  let server: MetricsServer | undefined;
+  try {
+    await sup.addDevice({
+      name, subtype: 'fault', cfgstring: 'ram/4M;hang=1', handlerSpec: 'fault', blockSize: 512, numLbas: 8192,
+      maxXferBlocks: 2048, writeCache: true, serial: `s-${name}`, wwn: `w-${name}`, ring: sim.endpoint,
+      ...(kernel.kernelCmdTimeOut ? { kernelCmdTimeOut: kernel.kernelCmdTimeOut } : {}),
+    }, backend);
+    server = await startMetricsServer(sup, { host: '127.0.0.1', port: 0 });
+    const url = server.url;
+    await body({ sim, sup, init: new Initiator(sim, { blockSize: 512 }), scrape: async () => parseExposition(await (await fetch(url)).text()) });
+  } finally {
+    await server?.close();
+    await sup.stop();
+    await sim.close();
+  }
+}
+
 describe('ring and data-area gauges for a device whose kernel side /metrics cannot see', function () {
   this.timeout(60000);
 
-  it('learns ring and data-area sizes from the worker\'s mapping and counts the data bytes of commands in flight', async () => {
-    // Not a SimulatedBackend: like a real kernel's device, only the worker's view of the ring is there to report.
-    const sim = new KernelSimulator({ name: 'plain', cmdRingSizeMb: 1, maxDataAreaMb: 8, cmdTimeOutSec: 120 });
-    const backend: DeviceBackend = { endpoint: sim.endpoint, block: () => sim.block(), unblock: () => sim.unblock(), resetRing: () => sim.resetRing(1) };
-    const sup = new Supervisor({ log: () => {} });
-    let server: MetricsServer | undefined;
-    try {
-      await sup.addDevice({
-        name: 'plain', subtype: 'fault', cfgstring: 'ram/4M;hang=1', handlerSpec: 'fault', blockSize: 512, numLbas: 8192,
-        maxXferBlocks: 2048, writeCache: true, serial: 's-plain', wwn: 'w-plain', ring: sim.endpoint,
-      }, backend);
-      server = await startMetricsServer(sup, { host: '127.0.0.1', port: 0 });
-      const scrape = async () => parseExposition(await (await fetch(server!.url)).text());
-      const init = new Initiator(sim, { blockSize: 512 });
-      // Every command hangs in the fault handler until its options change.
+  it('learns ring and data-area sizes from the worker\'s mapping and counts the data bytes of commands in flight', () =>
+    withPlainDevice('plain', { cmdTimeOutSec: 120 }, async ({ sim, sup, init, scrape }) => {
       const held = [init.write(0, new Uint8Array(8 * 512).fill(1)), init.write(64, new Uint8Array(4 * 512).fill(2)), init.read(100, 16)];
       let e = await scrape();
       while (value(e, 'tcmu_in_flight_commands', { device: 'plain' }) !== 3) {
@@ -505,30 +522,14 @@ describe('ring and data-area gauges for a device whose kernel side /metrics cann
       }
       expect(value(e, 'tcmu_data_bytes_in_flight', { device: 'plain' })).to.equal(0);
       expect(value(e, 'tcmu_timeouts_total', { device: 'plain' })).to.equal(0);
-    } finally {
-      await server?.close();
-      await sup.stop();
-      await sim.close();
-    }
-  });
+    }));
 });
 
 describe('kernel timeouts of a device whose kernel side /metrics cannot see', function () {
   this.timeout(60000);
 
-  it('counts the commands held past the kernel\'s cmd_time_out, as many as the kernel failed', async () => {
-    const sim = new KernelSimulator({ name: 'slow', cmdRingSizeMb: 1, maxDataAreaMb: 8, cmdTimeOutSec: 1 });
-    const backend: DeviceBackend = { endpoint: sim.endpoint, block: () => sim.block(), unblock: () => sim.unblock(), resetRing: () => sim.resetRing(1) };
-    const sup = new Supervisor({ log: () => {} });
-    let server: MetricsServer | undefined;
-    try {
-      await sup.addDevice({
-        name: 'slow', subtype: 'fault', cfgstring: 'ram/4M;hang=1', handlerSpec: 'fault', blockSize: 512, numLbas: 8192,
-        maxXferBlocks: 2048, writeCache: true, serial: 's-slow', wwn: 'w-slow', ring: sim.endpoint, kernelCmdTimeOut: 1,
-      }, backend);
-      server = await startMetricsServer(sup, { host: '127.0.0.1', port: 0 });
-      const scrape = async () => parseExposition(await (await fetch(server!.url)).text());
-      const init = new Initiator(sim, { blockSize: 512 });
+  it('counts the commands held past the kernel\'s cmd_time_out, as many as the kernel failed', () =>
+    withPlainDevice('slow', { cmdTimeOutSec: 1, kernelCmdTimeOut: 1 }, async ({ sim, sup, init, scrape }) => {
       const failed = await Promise.all([init.write(0, new Uint8Array(512).fill(1)), init.read(8, 2)]);
       for (const r of failed) expect(r.timedOut).to.equal(true);
       expect(sim.counters().cmdTimeouts).to.equal(2);
@@ -542,10 +543,5 @@ describe('kernel timeouts of a device whose kernel side /metrics cannot see', fu
       expect(await sup.reconfigure('slow', { cfgstring: 'ram/4M' })).to.equal(0);
       expect((await init.write(16, new Uint8Array(512).fill(3))).status).to.equal(ScsiStatus.GOOD);
       expect(value(await scrape(), 'tcmu_timeouts_total', { device: 'slow' })).to.equal(2);
-    } finally {
-      await server?.close();
-      await sup.stop();
-      await sim.close();
-    }
-  });
+    }));
 });
