@@ -57,7 +57,7 @@ export interface EngineOptions {
   info: ScsiDeviceInfo;
   counters: CounterWriter;
   log: EngineLog;
-  /** Called when the ring cannot be trusted any more; run() then ends and the supervisor restarts the device on a reset ring. */
+  /** Called when the ring cannot be trusted any more (the engine logs nothing itself: the callee reports it); run() then ends and the supervisor restarts the device on a reset ring. */
   onRingBroken(reason: string): void;
   /** The daemon's other LUNs, for EXTENDED COPY between them; without it only copies within this LUN work. */
   peers?: PeerLink;
@@ -308,7 +308,7 @@ export class DeviceEngine implements CommandSink {
     } catch (e) {
       if (!(e instanceof RingBrokenError)) throw e;
       this.broken = true;
-      this.o.log.error(`ring broken: ${e.message}`);
+      // Reported once, by whoever owns the device (the supervisor's log, serveDevice's hook).
       this.o.onRingBroken(e.message);
     } finally {
       this.draining = false;
