@@ -269,6 +269,25 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
       expect(s.ops.write.commands).to.be.greaterThan(how === 'kill' ? 1 : 0);
     });
   }
+  it('a handler failing every command: each answered CHECK CONDITION and counted, its log kept to a few lines a second, none lost uncounted', async () => {
+    const a = await h.lun(() => 'lunA', lunSpec('misbehave', MISBEHAVING, 'throw/4M'));
+    const b = await h.lun(() => 'lunB', lunSpec('ram', 'ram', '4M'));
+    const N = 400;
+    const data = new Uint8Array(BS).fill(1);
+    const t0 = performance.now();
+    const answers = await Promise.all(Array.from({ length: N }, (_, i) => a.ini.write(i, data)));
+    expect(answers.every((r) => r.status === ScsiStatus.CHECK_CONDITION)).to.equal(true);
+    expect(snap('lunA').handlerErrors).to.equal(N);
+    expect((await b.ini.read(0, 1)).status).to.equal(ScsiStatus.GOOD);
+    await h.sup.removeDevice('lunA'); // the worker sums up what it left out before it stops
+    const windows = Math.ceil((performance.now() - t0) / 1000) + 1;
+    const errorLines = h.logs.filter((l) => l.startsWith('warn lunA: cmd ') && l.includes('handler error: misbehaving handler: throw'));
+    const leftOut = h.logs.reduce((n, l) => n + Number(/^warn lunA: (\d+) more log line\(s\) left out/.exec(l)?.[1] ?? 0), 0);
+    expect(errorLines.length, 'the first failures are logged').to.be.greaterThan(0);
+    expect(errorLines.length, `at most 20 lines in each of ${windows} 1 s windows`).to.be.at.most(20 * windows);
+    expect(errorLines.length + leftOut, h.logs.join('\n')).to.equal(N);
+  });
+
   it('a restarted worker runs at demotedNice and gets its CPU priority back after a restart window up', async () => {
     const logs: string[] = [];
     const sup = new Supervisor({ restartWindowMs: 400, demotedNice: 7, log: (l, d, m) => logs.push(`${l} ${d}: ${m}`) });

@@ -11,6 +11,7 @@ import { errnoError, loadHandler, ScsiError, type DeviceHandler, type ScsiDevice
 import { fromWire, toWire, type PeerLink } from './executor.js';
 import { CounterWriter } from '../counters.js';
 import type { DeviceEngine } from './device-engine.js';
+import { LogRateLimit } from './log-rate-limit.js';
 import { HandlerOpenFailed, openRingDevice } from './serve-device.js';
 import type { DeviceSpec, PeerBlocks, PeerInfo, SupervisorCommand, WorkerEvent } from '../device-spec.js';
 
@@ -50,12 +51,13 @@ export async function runDeviceWorker(input: WorkerInput, link: SupervisorLink):
   const { spec, counters, reopen, logCdbs, wakeFd } = input;
   const post = (e: WorkerEvent) => link.post(e);
   const tid = threadTid();
+  const limit = new LogRateLimit((level, msg) => post({ type: 'log', level, msg }));
   const log = {
     scsi: (msg: string) => post({ type: 'log', level: 'scsi', msg }),
     debug: (msg: string) => post({ type: 'log', level: 'debug', msg }),
-    info: (msg: string) => post({ type: 'log', level: 'info', msg }),
-    warn: (msg: string) => post({ type: 'log', level: 'warn', msg }),
-    error: (msg: string) => post({ type: 'log', level: 'error', msg }),
+    info: (msg: string) => limit.log('info', msg),
+    warn: (msg: string) => limit.log('warn', msg),
+    error: (msg: string) => limit.log('error', msg),
   };
 
   /** EXTENDED COPY to and from other LUNs: requests go to the supervisor, which forwards them. */
@@ -102,6 +104,7 @@ export async function runDeviceWorker(input: WorkerInput, link: SupervisorLink):
     const e = err.cause;
     const code = (e as { code?: string }).code;
     const errno = code ? errnoFromCode(code) : 5;
+    limit.flush();
     post({ type: 'open-failed', reason: e instanceof Error ? e.message : String(e), errno });
     link.close();
     return;
@@ -151,6 +154,7 @@ export async function runDeviceWorker(input: WorkerInput, link: SupervisorLink):
   heapWatch?.disconnect();
   await opened.close();
   map.unmap();
+  limit.flush();
   post({ type: 'stopped' });
   link.close();
 }
