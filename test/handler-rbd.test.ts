@@ -356,15 +356,22 @@ describe('rbd handler on a real Ceph cluster', function () {
       // librbd lets one write per object wait at a time (each waits out its own timeout): one per object keeps this short.
       const paused = [1, 2, 3].map((obj) => obj * ((4 * MiB) / BS) + 64);
       ceph.pauseOsd();
+      const pausedAt = performance.now();
+      const seen = [`OSD state after SIGSTOP: ${ceph.osdState()}`];
       let answers: ScsiResponse[];
       try {
-        answers = await Promise.all(paused.map((lba) => write(lba)));
+        answers = await Promise.all(paused.map(async (lba) => {
+          const r = await write(lba);
+          seen.push(`write ${lba}: status ${r.status} after ${(performance.now() - pausedAt).toFixed(0)} ms, OSD state ${ceph.osdState()}`);
+          return r;
+        }));
       } finally {
         ceph.resumeOsd();
       }
+      const story = () => `${seen.join('\n')}\n--- daemon log:\n${luns.logTail(40)}\n${ceph.diagnose()}`;
       // A write may still slip through before the signal stops the OSD; none may fail for good.
-      for (const a of answers) expect([ScsiStatus.GOOD, ScsiStatus.BUSY], 'retryable, not an error the filesystem sees').to.include(a.status);
-      expect(answers.some((a) => a.status === ScsiStatus.BUSY), 'commands to a stopped cluster time out').to.equal(true);
+      for (const a of answers) expect([ScsiStatus.GOOD, ScsiStatus.BUSY], `retryable, not an error the filesystem sees\n${story()}`).to.include(a.status);
+      expect(answers.some((a) => a.status === ScsiStatus.BUSY), `commands to a stopped cluster time out\n${story()}`).to.equal(true);
       // The initiator retries; the handler reconnects and the writes go through once the
       // cluster answers again (under load the mon may have marked the stopped OSD down: it
       // boots and peers first, which can outlast retryBusy's 20 s).
@@ -372,7 +379,7 @@ describe('rbd handler on a real Ceph cluster', function () {
       for (const lba of paused) {
         if (acked.has(lba)) continue;
         const { r } = await retryBusy(() => write(lba));
-        if (r.status !== ScsiStatus.GOOD) expect.fail(`write ${lba} after the cluster came back: status ${r.status}\n${ceph.diagnose()}`);
+        if (r.status !== ScsiStatus.GOOD) expect.fail(`write ${lba} after the cluster came back: status ${r.status}\n${story()}`);
       }
       const img = exportImage(image);
       for (const [lba, data] of acked) expect(Buffer.compare(img.subarray(lba * BS, lba * BS + data.length), data), `LBA ${lba}`).to.equal(0);
