@@ -277,7 +277,8 @@ describe('isolation: one LUN misbehaving next to a healthy one', function () {
     const t0 = performance.now();
     const answers = await Promise.all(Array.from({ length: N }, (_, i) => a.ini.write(i, data)));
     expect(answers.every((r) => r.status === ScsiStatus.CHECK_CONDITION)).to.equal(true);
-    expect(snap('lunA').handlerErrors).to.equal(N);
+    // The worker publishes its counters after a drain, not per command: wait for the publication.
+    expect((await until(() => snap('lunA'), (c) => c.handlerErrors === N)).handlerErrors).to.equal(N);
     expect((await b.ini.read(0, 1)).status).to.equal(ScsiStatus.GOOD);
     await h.sup.removeDevice('lunA'); // the worker sums up what it left out before it stops
     const windows = Math.ceil((performance.now() - t0) / 1000) + 1;
