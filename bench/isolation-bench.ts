@@ -32,6 +32,9 @@
  *          first IO, as a native abort() or SIGSEGV would end it; restarted
  *          on a reset ring, again and again until the policy gives up. (In
  *          a worker thread this would end the bench, B included.)
+ *   leakp  the leak, with A in a device process: its garbage collection
+ *          runs on its own process's threads, which a restart starts at
+ *          the demoted nice value, not on V8 threads B's process shares
  */
 import './lib/env.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -51,11 +54,14 @@ const NUM_LBAS = (LUN_MB << 20) / BLOCK;
 const HEAP_MB = 64;
 const MISBEHAVING = fileURLToPath(new URL('../../test/dist/fixtures/misbehaving-handler.js', import.meta.url));
 
-const FAULTS = ['throw', 'hang', 'leak', 'crash', 'exit', 'abort'] as const;
+const FAULTS = ['throw', 'hang', 'leak', 'crash', 'exit', 'abort', 'leakp'] as const;
+/** The faults whose A runs in a device process; the rest in a worker thread. */
+const IN_A_PROCESS: ReadonlySet<string> = new Set(['abort', 'leakp']);
 /** How each fault is described in the results. */
 const FAULT_NAMES: Record<Fault, string> = {
   throw: 'handler throws', hang: 'handler hangs', leak: 'JS heap leak', crash: 'uncaught exception', exit: 'process.exit in the worker',
   abort: 'native abort, process isolation',
+  leakp: 'JS heap leak, process isolation',
 };
 type Fault = (typeof FAULTS)[number];
 
@@ -133,8 +139,8 @@ export async function main(argv: string[]): Promise<number> {
         const backend = new SimulatedBackend({ cmdRingSizeMb: 1, maxDataAreaMb: 16, cmdTimeOutSec: 1 });
         const s = kind === 'hang'
           ? spec(name, 'fault', 'fault', `ram/${LUN_MB}M;hang=1`, backend, 1)
-          : spec(name, 'misbehave', MISBEHAVING, `${kind === 'control' ? 'ok' : kind}/${LUN_MB}M`, backend);
-        await sup.addDevice(s, backend, { isolation: kind === 'abort' ? 'process' : 'thread' });
+          : spec(name, 'misbehave', MISBEHAVING, `${kind === 'control' ? 'ok' : kind === 'leakp' ? 'leak' : kind}/${LUN_MB}M`, backend);
+        await sup.addDevice(s, backend, { isolation: IN_A_PROCESS.has(kind) ? 'process' : 'thread' });
         A = { name, backend, load: pacedLoad(new Initiator(backend.sim, { blockSize: BLOCK }), 4, 1) };
       }
       await sleep(warmupMs);
