@@ -441,8 +441,9 @@ const HELP = `ring-bench: tcmu-ts vs a native C consumer on the same simulated T
                        volume (4 KiB random read and write, QD16; --repeat, --seconds):
                        results/glfs.json
   --isolation          instead: LUN B's IOPS alone and while LUN A's handler throws,
-                       hangs, leaks or kills its worker, alternating (--repeat,
-                       --seconds, --only <regex of faults>): results/isolation.json
+                       hangs, leaks or kills its worker (faults throw, hang, leak, crash,
+                       exit; abort and leakp with A in a device process), alternating
+                       (--repeat, --seconds, --only <regex of faults>): results/isolation.json
   --soak               instead: the soak, load on a file and a qcow LUN while workers and
                        the daemon are killed -9, rings reset, LUNs grown and reconfigured,
                        then every sector checked against the acknowledged writes
