@@ -39,26 +39,16 @@ tk_match "the child holds /dev/uioN (inherited from the daemon)" '/dev/uio[0-9]+
 
 JOB=(--filename="/dev/$SD" --ioengine=libaio --direct=1 --randrepeat=1 --verify=crc32c --verify_fatal=1 --runtime=120
   --rw=randwrite --bs=4k --iodepth=16 --size=32M)
-read -r _ _ _ _ w0 _ <"/sys/block/$SD/stat"
-t0=$EPOCHREALTIME
-ts_fio iso-write "${JOB[@]}" --do_verify=0 &
-FIO=$!
-_writes_done() { local w; read -r _ _ _ _ w _ <"/sys/block/$SD/stat"; (( w - w0 >= 1500 )); }
-tk_wait 60 _writes_done
+ts_fio_writing iso "$SD" 1500 "${JOB[@]}"
 tk_check "fio still writing when the device process dies" kill -0 $FIO
 kill -KILL "$CHILD"
-tk_log "killed the device process (pid $CHILD) with SIGKILL $(tk_since "$t0") s into the write job"
+tk_log "killed the device process (pid $CHILD) with SIGKILL $(tk_since "$FIO_T0") s into the write job"
 _restarted() { grep -q 'worker exited (signal SIGKILL); resetting the ring and restarting' "$TS_OUT"; }
 tk_wait 60 _restarted; tk_eq "the daemon restarts the LUN on a reset ring (log)" 0 $?
 _new_child() { local c; c=$(_device_process) && [ "$c" != "$CHILD" ]; }
 tk_wait 60 _new_child; tk_eq "a new device process serves the LUN" 0 $?
 tk_check "the daemon itself kept running" ts_alive
-_fio_done() { ! kill -0 $FIO 2>/dev/null; }
-tk_wait 180 _fio_done
-wait $FIO; tk_eq "fio write job across the kill completes without error" 0 $?
-tk_timing write_job "$(tk_since "$t0")"
-ts_fio iso-verify "${JOB[@]}" --verify_only=1
-tk_eq "verify-only pass: every acknowledged write is there" 0 $?
+ts_fio_survived iso "" "${JOB[@]}"
 
 out=$(ts_cli delete iso 2>&1); tk_eq "delete iso" 0 $?
 printf '%s\n' "$out" | sed 's/^/  delete: /'

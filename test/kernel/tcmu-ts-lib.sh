@@ -93,6 +93,32 @@ ts_fio() {
   return $rc
 }
 
+# ts_fio_writing NAME DEV N FIO-ARGS...: start fio job NAME (FIO-ARGS, no verify yet) in the
+# background and return once DEV has completed N more writes, fio still running; FIO is its pid,
+# FIO_T0 when it started. For killing something under a write job.
+ts_fio_writing() {
+  local name=$1 dev=$2 n=$3 w0; shift 3
+  read -r _ _ _ _ w0 _ <"/sys/block/$dev/stat"
+  FIO_T0=$EPOCHREALTIME
+  ts_fio "$name-write" "$@" --do_verify=0 &
+  FIO=$!
+  _ts_writes_done() { local w; read -r _ _ _ _ w _ <"/sys/block/$dev/stat"; (( w - w0 >= n )); }
+  tk_wait 60 _ts_writes_done
+}
+
+# ts_fio_survived NAME PHASE FIO-ARGS...: wait for the job ts_fio_writing started, then check it
+# ended without error and that a verify-only pass finds every write it had acknowledged. PHASE
+# (a letter, or empty) prefixes the check names and the timing, as each script names them.
+ts_fio_survived() {
+  local name=$1 phase=$2 label=${2:+$2 }; shift 2
+  _ts_fio_done() { ! kill -0 "$FIO" 2>/dev/null; }
+  tk_wait 180 _ts_fio_done
+  wait "$FIO"; tk_eq "${label}fio write job across the kill completes without error" 0 $?
+  tk_timing "${phase:+${phase}_}write_job" "$(tk_since "$FIO_T0")"
+  ts_fio "$name-verify" "$@" --verify_only=1
+  tk_eq "${label}verify-only pass: every acknowledged write is there" 0 $?
+}
+
 # ts_serial NAME: the unit serial LIO keeps for user_0/NAME (VPD page 80h source)
 ts_serial() {
   local l
